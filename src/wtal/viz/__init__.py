@@ -1,1 +1,5 @@
-"""wtal.viz"""
+"""Plots of predictions against ground truth."""
+
+from wtal.viz.timeline import plot_timeline
+
+__all__ = ["plot_timeline"]

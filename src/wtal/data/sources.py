@@ -1,0 +1,92 @@
+"""Feature sources: one protocol over the W-TALC bundle and the per-video folders, and how to open them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from wtal.data.activitynet import read_activitynet_json
+from wtal.data.annotations import AnnotationSet
+from wtal.data.timebase import FeatureLayout
+from wtal.data.wtalc import FEATURE_SUFFIX, WtalcSource, read_wtalc_annotations
+from wtal.errors import WtalInputError
+
+GT_FILE = "gt.json"
+FEATURES_DIR = "features"
+_EXPECTED = ("expected a W-TALC bundle (<Name>-I3D-JOINTFeatures.npy with its annotation .npy files) or a "
+             "per-video folder (gt.json + features/{train,test}/{rgb,flow}/VIDEO.npy)")
+
+
+@runtime_checkable
+class FeatureSource(Protocol):
+    """Annotations plus per-video ``(T, D)`` features laid out as ``layout`` says."""
+
+    path: Path
+    annotations: AnnotationSet
+
+    @property
+    def layout(self) -> FeatureLayout: ...
+
+    def features(self, name: str) -> np.ndarray:
+        """``(T, D)`` float32 features of video ``name``, checked: finite, ``T > 0``, ``D == layout.dim``."""
+        ...
+
+
+def _is_folder_source(path: Path) -> bool:
+    return (path / GT_FILE).is_file() and (path / FEATURES_DIR).is_dir()
+
+
+def open_source(path: str | Path, snippets_per_second: float | None = None) -> FeatureSource:
+    """Open a W-TALC bundle (folder or feature file) or a per-video feature folder.
+
+    ``snippets_per_second`` overrides the rate (default: the per-video folder's ``gt.json`` value, else
+    25/16).
+    """
+    from wtal.data.folders import FolderSource  # local: folders.py imports split_subsets from here
+
+    path = Path(path)
+    if not path.exists():
+        raise WtalInputError("data path not found", path=path,
+                             fix=f"pass the right --data folder; {_EXPECTED}")
+    if path.is_dir() and _is_folder_source(path):
+        return FolderSource(path, snippets_per_second)
+    if path.name.endswith(FEATURE_SUFFIX) or (path.is_dir() and any(path.glob(f"*{FEATURE_SUFFIX}"))):
+        return WtalcSource(path, snippets_per_second)
+    raise WtalInputError(f"not a feature source: {_EXPECTED}", path=path, fix="pass the right --data folder")
+
+
+def load_annotations(path: str | Path) -> AnnotationSet:
+    """Annotations from a gt.json / ActivityNet JSON file, a W-TALC annotation folder, a W-TALC bundle (folder
+    or feature file) or a per-video folder (its gt.json). Features are not loaded."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        return read_activitynet_json(path)
+    if path.is_dir() and (path / GT_FILE).is_file():
+        return read_activitynet_json(path / GT_FILE)
+    if path.is_dir() and (path / "classlist.npy").is_file():
+        return read_wtalc_annotations(path)
+    if path.name.endswith(FEATURE_SUFFIX) or (path.is_dir() and any(path.glob(f"*{FEATURE_SUFFIX}"))):
+        return WtalcSource(path).annotations
+    raise WtalInputError("no annotations found" if path.exists() else "annotation path not found", path=path,
+                         fix="pass a gt.json / ActivityNet JSON file, a W-TALC annotation folder "
+                             "(classlist.npy, ...), a W-TALC bundle or a per-video feature folder")
+
+
+def split_subsets(annotations: AnnotationSet) -> tuple[str, str]:
+    """``(train_subset, test_subset)`` of an annotation set.
+
+    With a ``test`` subset (THUMOS14): test is ``test`` and train is ``training``/``train`` when present, else
+    ``validation``. Without one (ActivityNet): test is ``validation`` and train is ``training``/``train``.
+    """
+    present = set(annotations.subsets())
+    test = "test" if "test" in present else "validation"
+    train_choices = ("training", "train", "validation") if test == "test" else ("training", "train")
+    train = next((s for s in train_choices if s in present), None)
+    if test not in present or train is None:
+        raise WtalInputError(f"cannot tell the training and evaluation subsets apart from {sorted(present)}",
+                             path=annotations.source,
+                             fix="name the subsets 'validation'/'test' (THUMOS14) or 'training'/'validation' "
+                                 "(ActivityNet)")
+    return train, test
