@@ -28,3 +28,17 @@ def thumos14_annotations() -> Path:
 def activitynet12_annotations() -> Path:
     """Folder with the real W-TALC-format ActivityNet 1.2 annotation .npy files."""
     return _shared("activitynet12")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_torch_thread():
+    """Tiny test tensors run 10-100x faster on one thread than with torch's default pool on a busy 2-core box."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,147 @@
+"""FAC-Net (Huang et al., ICCV 2021; methods.md §3): foreground-action consistency with a cosine head.
+
+Per stream: embedding ``Linear -> ReLU -> Dropout(0.5) -> Linear -> ReLU -> Dropout(0.5)``; class centres
+``A`` (C+1 rows, xavier) and a foreground centre ``g = -A[C]``; snippet logits ``S = s cos(x_t, A_c)`` and
+``s cos(x_t, g)`` with ``s = 5``. For each temperature tau in (1, 2, 5) the attentions are softmax over
+time (the video's real snippets) of ``tau * S`` (class-wise) and ``tau * s cos(x, g)`` (class-agnostic):
+- class-wise branch: class-pooled features scored against ``g``; target ``[y, 0]``;
+- class-agnostic branch: fg-pooled feature scored against ``A``; target ``[y, 0]``;
+- MIL branch: ``sum_t S_tc att_tc``; target ``[y, 1]``.
+Scores are averaged over tau and multiplied by 2 (and by ``s`` for the two cosine branches).
+Loss: ``1.0 NCE_cw + 0.1 NCE_ca + 0.1 NCE_mil``.
+
+The reference trains one model per modality on 1024-d inputs. With ``two_stream=True`` (default) the input
+is split at ``input_dim // 2`` into two independent streams with a summed loss (identical to separate
+training; the reference picks each stream's epoch separately, which one model cannot). The reference fuses
+the streams at the proposal level (RGB scores x0.1, then NMS 0.9); here the CAS ``softmax(S)`` and the
+video scores (class-agnostic ``p_ca``) of the streams are averaged with ``test_stream_weights``. The L2
+normalisation gets eps 1e-9 (the reference has none, which gives NaN on all-zero embeddings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from wtal.data.batch import Batch
+from wtal.models.base import ModelOutput
+from wtal.models.losses import normalized_cross_entropy, with_background
+from wtal.models.masked import l2_normalize, masked_fill_zero, masked_softmax
+from wtal.models.recipes import PostprocessDefaults, arange_grid, parse_hyperparameters
+
+
+@dataclass(frozen=True)
+class FACNetHyperparameters:
+    two_stream: bool = True
+    embed_dim: int | None = None  # None -> the stream's input width (1024 per stream on I3D)
+    dropout: float = 0.5
+    scale: float = 5.0
+    temperatures: tuple[float, ...] = (1.0, 2.0, 5.0)
+    cw_weight: float = 1.0
+    ca_weight: float = 0.1
+    mil_weight: float = 0.1
+    test_stream_weights: tuple[float, float] = (0.5, 0.5)  # RGB, flow
+
+
+class FACNetStream(nn.Module):
+    """One modality: embedding, centres and the three branches. Returns video logits and snippet logits."""
+
+    def __init__(self, input_dim: int, num_classes: int, embed_dim: int, dropout: float, scale: float,
+                 temperatures: tuple[float, ...]):
+        super().__init__()
+        self.embedding = nn.Sequential(nn.Linear(input_dim, input_dim), nn.ReLU(), nn.Dropout(dropout),
+                                       nn.Linear(input_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.class_centers = nn.Parameter(torch.zeros(num_classes + 1, embed_dim))
+        nn.init.xavier_uniform_(self.class_centers)
+        self.fg_center = nn.Parameter(-self.class_centers.detach()[-1:].clone())
+        for layer in self.embedding:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        self.scale = scale
+        self.temperatures = temperatures
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        emb = masked_fill_zero(self.embedding(x), mask)
+        emb_unit = l2_normalize(emb)
+        centers, fg = l2_normalize(self.class_centers), l2_normalize(self.fg_center)
+        logits = self.scale * emb_unit @ centers.T  # (B, T, C+1)
+        fg_logits = self.scale * (emb_unit @ fg.T).squeeze(-1)  # (B, T)
+        cw, ca, mil = [], [], []
+        for tau in self.temperatures:
+            cls_att = masked_softmax(tau * logits, mask)  # (B, T, C+1)
+            fg_att = masked_softmax(tau * fg_logits, mask)  # (B, T)
+            cw_feat = l2_normalize(torch.einsum("btd,btc->bcd", emb, cls_att))
+            ca_feat = l2_normalize(torch.einsum("btd,bt->bd", emb, fg_att))
+            cw.append((cw_feat @ fg.T).squeeze(-1))
+            ca.append(ca_feat @ centers.T)
+            mil.append((logits * cls_att).sum(dim=1))
+        two_s = 2.0 * self.scale
+        return {"cw_logits": two_s * torch.stack(cw).mean(0), "ca_logits": two_s * torch.stack(ca).mean(0),
+                "mil_logits": 2.0 * torch.stack(mil).mean(0), "logits": logits}
+
+
+class FACNet(nn.Module):
+    """``FACNet(input_dim, num_classes, **FACNetHyperparameters fields)``."""
+
+    def __init__(self, input_dim: int, num_classes: int, **hyperparameters):
+        super().__init__()
+        hp = parse_hyperparameters(FACNetHyperparameters, "facnet", hyperparameters)
+        self.hp = hp
+        self.num_classes = num_classes
+        half = input_dim // 2
+        self.splits = [(0, half), (half, input_dim)] if hp.two_stream else [(0, input_dim)]
+        self.streams = nn.ModuleList(
+            FACNetStream(hi - lo, num_classes, hp.embed_dim or (hi - lo), hp.dropout, hp.scale, hp.temperatures)
+            for lo, hi in self.splits)
+
+    @property
+    def stream_weights(self) -> list[float]:
+        return list(self.hp.test_stream_weights) if self.hp.two_stream else [1.0]
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
+        outs = [stream(features[..., lo:hi], mask) for stream, (lo, hi) in zip(self.streams, self.splits, strict=True)]
+        weights = self.stream_weights
+        video = sum(w * torch.softmax(o["ca_logits"], dim=-1) for w, o in zip(weights, outs, strict=True))
+        cas = sum(w * torch.softmax(o["logits"], dim=-1) for w, o in zip(weights, outs, strict=True))
+        # log of the fused CAS: logits whose softmax is the fused CAS (one stream: log_softmax of S)
+        cas_logits = torch.log(cas.clamp(min=1e-30))
+        return ModelOutput(video_scores=video[:, : self.num_classes], cas_logits=cas_logits, attention=None,
+                           extras={"streams": outs})
+
+    def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
+               ) -> dict[str, torch.Tensor]:
+        hp = self.hp
+        y_fore, y_back = with_background(labels, 0.0), with_background(labels, 1.0)
+
+        def nce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return normalized_cross_entropy(torch.log_softmax(logits, dim=-1), target)
+
+        streams = out.extras["streams"]
+        cw = sum(nce(o["cw_logits"], y_fore) for o in streams)
+        ca = sum(nce(o["ca_logits"], y_fore) for o in streams)
+        mil = sum(nce(o["mil_logits"], y_back) for o in streams)
+        total = hp.cw_weight * cw + hp.ca_weight * ca + hp.mil_weight * mil
+        return {"total": total, "cw": cw, "ca": ca, "mil": mil}
+
+    def localization_scores(self, out: ModelOutput, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stream-weighted ``softmax(S)`` (action columns); video scores: stream-weighted ``p_ca``."""
+        cas = torch.softmax(out.cas_logits, dim=-1)[..., : self.num_classes]
+        return masked_fill_zero(cas, mask), out.video_scores
+
+    def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
+        return [(w, o["logits"]) for w, o in zip(self.stream_weights, out.extras["streams"], strict=True)]
+
+    def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
+        return None
+
+    @staticmethod
+    def postprocess_defaults() -> PostprocessDefaults:
+        """Reference test: class threshold 0.1, thresholds 0.032:0.004:0.052, runs of >= 3 snippets,
+        score ``inner - 0.6 outer`` with 0.25 margins, NMS at inter/len(other) > 0.2."""
+        return PostprocessDefaults(class_threshold=0.1, cas_thresholds=arange_grid(0.032, 0.055, 0.004),
+                                   min_length=3, margin_scale=0.25, outer_weight=0.6, suppression="nms",
+                                   overlap_kind="inter_over_other", overlap_threshold=0.2)

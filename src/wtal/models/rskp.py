@@ -1,0 +1,264 @@
+"""RSKP (Huang et al., CVPR 2022): EM bases, knowledge propagation, inter-video memory (reference-notes §2).
+
+Batched over whole videos with a padding mask. Padded snippets get zero responsibility in the EM and in
+the propagation (their columns of ``Z``/``Zh`` are zero), so ``I - w^2 Z^T Zh`` is block diagonal and a real
+snippet's propagated feature equals the one-video result. The closed-form propagation uses the Woodbury
+identity (§9.2): a ``K x K`` solve instead of the dense ``T x T`` inverse.
+
+Memory bank (§2.3): a max-score bank of ``memory_slots`` bases per class, with the corrected class index
+(the video's positive classes). Within a batch all videos read the memory first, then the videos update it
+in batch order (the reference reads and updates one video at a time). The update runs in ``losses`` when
+the model is in train mode, after warm-up. A video without positive labels skips the memory branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from wtal.data.batch import Batch
+from wtal.models.base import ModelOutput
+from wtal.models.heads import BranchOutput, CosinePredictionHead
+from wtal.models.losses import (
+    attention_contrast,
+    normalized_cross_entropy,
+    softened_cross_entropy,
+    with_background,
+)
+from wtal.models.masked import l2_normalize, masked_fill_zero
+from wtal.models.recipes import PostprocessDefaults, parse_hyperparameters
+
+
+@dataclass(frozen=True)
+class RSKPHyperparameters:
+    """Reference values (RS ``options.py``); ``embed_dim=None`` means ``input_dim`` (2048 on I3D)."""
+
+    embed_dim: int | None = None
+    dropout: float = 0.6
+    scale: float = 20.0
+    num_bases: int = 8
+    em_iterations: int = 2
+    em_sharpness: float = 5.0  # softmax over bases of 5 * cos
+    propagation_weight: float = 0.5  # w
+    memory_slots: int = 5
+    warmup_epoch: int = 100  # memory used for epoch indices > this; initialised at its end
+    back_weight: float = 0.2
+    att_weight: float = 0.1
+    att_topk_ratio: float = 8.0
+    spl_temperature: float = 0.2
+    spl_weight: float = 1.0
+    spl_weight_after_warmup: float = 0.5
+    spl_restore_epoch: int | None = None  # GauFuse: spl weight back to spl_weight for epochs > 200
+    memory_branch_weight: float = 0.5  # weight of the r branch in L_fore / L_back
+    memory_target_weight: float = 0.2  # spl target 0.2 r.S + 0.8 m.S after warm-up
+    test_cas_weights: tuple[float, float] = (0.6, 0.4)  # o/m softmax mixing at test (GauFuse: 0.85/0.15)
+    test_video_weights: tuple[float, float] = (0.6, 0.4)
+    distill_weights: tuple[float, float] = (0.8, 0.2)  # GauFuse L_dist on o.S / m.S
+
+
+def responsibilities(x: torch.Tensor, mask: torch.Tensor, bases: torch.Tensor, sharpness: float,
+                     base_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Z = softmax_k(sharpness * cos(base_k, x_t))`` (columns sum to 1) and ``Zh`` (rows sum to 1).
+
+    ``x (B, T, D)``, ``bases (B, K, D)``; padded snippets and padded bases (``base_mask (B, K)``) get 0.
+    """
+    logits = sharpness * l2_normalize(bases) @ l2_normalize(x).transpose(1, 2)  # (B, K, T)
+    if base_mask is not None:
+        logits = logits.masked_fill(~base_mask.unsqueeze(-1), float("-inf"))
+    z = torch.softmax(logits, dim=1)
+    z = torch.where(mask.unsqueeze(1), z, torch.zeros((), dtype=z.dtype, device=z.device))
+    z_hat = z / (z.sum(dim=-1, keepdim=True) + 1e-9)
+    return z, z_hat
+
+
+def propagate(x: torch.Tensor, mask: torch.Tensor, bases: torch.Tensor, w: float, sharpness: float,
+              base_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Closed-form knowledge propagation ``(1-w) (I - w^2 Z^T Zh)^{-1} (X + w Z^T bases)`` via Woodbury.
+
+    ``(I - w^2 U V)^{-1} b = b + w^2 U (I_K - w^2 V U)^{-1} V b`` with ``U = Z^T``, ``V = Zh``.
+    """
+    z, z_hat = responsibilities(x, mask, bases, sharpness, base_mask)
+    zt = z.transpose(1, 2)  # (B, T, K)
+    rhs = x + w * zt @ bases  # (B, T, D)
+    eye = torch.eye(bases.shape[1], dtype=x.dtype, device=x.device)
+    small = eye - (w * w) * z_hat @ zt  # (B, K, K)
+    u = torch.linalg.solve(small, z_hat @ rhs)
+    return (1.0 - w) * (rhs + (w * w) * zt @ u)
+
+
+def propagate_dense(x: torch.Tensor, bases: torch.Tensor, w: float, sharpness: float) -> torch.Tensor:
+    """The reference's dense ``T x T`` form for one unpadded batch (tests and benchmarks only)."""
+    mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    z, z_hat = responsibilities(x, mask, bases, sharpness)
+    affinity = z.transpose(1, 2) @ z_hat  # (B, T, T), row-stochastic
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    rhs = x + w * z.transpose(1, 2) @ bases
+    return (1.0 - w) * torch.linalg.solve(eye - (w * w) * affinity, rhs)
+
+
+class RSKP(nn.Module):
+    """RSKP backbone; ``RSKP(input_dim, num_classes, **RSKPHyperparameters fields)``."""
+
+    def __init__(self, input_dim: int, num_classes: int, **hyperparameters):
+        super().__init__()
+        hp = parse_hyperparameters(RSKPHyperparameters, "rskp", hyperparameters)
+        self.hp = hp
+        self.num_classes = num_classes
+        dim = hp.embed_dim or input_dim
+        # creation order as the reference (mu, centres, embedding), then xavier weights and zero biases
+        self.bases = nn.Parameter(torch.randn(hp.num_bases, dim))
+        nn.init.xavier_uniform_(self.bases)
+        self.head = CosinePredictionHead(dim, num_classes, hp.scale)
+        self.embedding = nn.Linear(input_dim, dim)
+        nn.init.xavier_uniform_(self.embedding.weight)
+        nn.init.zeros_(self.embedding.bias)
+        self.dropout = nn.Dropout(hp.dropout)
+        self.register_buffer("memory", torch.zeros(num_classes, hp.memory_slots, dim))
+        self.register_buffer("memory_scores", torch.zeros(num_classes, hp.memory_slots))
+
+    # ----------------------------------------------------------------------------------------- forward
+    def expectation_maximization(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Video-specific bases ``mu (B, K, D)``: ``em_iterations`` of ``mu <- Zh X`` from the learnt bases."""
+        mu = self.bases.unsqueeze(0).expand(x.shape[0], -1, -1)
+        for _ in range(self.hp.em_iterations):
+            _, z_hat = responsibilities(x, mask, mu, self.hp.em_sharpness)
+            mu = z_hat @ x
+        return mu
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
+        x = masked_fill_zero(self.dropout(torch.relu(self.embedding(features))), mask)
+        mu = self.expectation_maximization(x, mask)
+        x_prop = propagate(x, mask, mu, self.hp.propagation_weight, self.hp.em_sharpness)
+        o, m = self.head(x, mask), self.head(x_prop, mask)
+        mu_pred = torch.softmax(self.head.class_logits(mu), dim=-1)  # (B, K, C+1)
+        wo, wm = self.hp.test_video_weights
+        video = (wo * o.p_ca + wm * m.p_ca)[:, : self.num_classes]
+        return ModelOutput(video_scores=video, cas_logits=o.logits, attention=o.attention,
+                           extras={"o": o, "m": m, "x": x, "mu": mu, "mu_pred": mu_pred})
+
+    # -------------------------------------------------------------------------------------------- memory
+    def read_memory(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored bases of each video's positive classes, padded: ``(B, slots * max|cls|, D)`` and a mask."""
+        slots = self.hp.memory_slots
+        positive = labels > 0.5
+        counts = positive.sum(dim=1)
+        width = max(int(counts.max().item()), 1)
+        # class indices in ascending order (as np.where), padded with class 0 and masked out
+        order = torch.sort((~positive).to(torch.int8), dim=1, stable=True).indices[:, :width]
+        valid = torch.arange(width, device=labels.device).unsqueeze(0) < counts.unsqueeze(1)
+        bases = self.memory[order]  # (B, width, slots, D)
+        base_mask = valid.unsqueeze(-1).expand(-1, -1, slots)
+        return bases.reshape(labels.shape[0], width * slots, -1), base_mask.reshape(labels.shape[0], -1)
+
+    @torch.no_grad()
+    def update_memory(self, mu: torch.Tensor, mu_pred: torch.Tensor, labels: torch.Tensor) -> None:
+        """Max-score bank update, videos in batch order: keep the top ``slots`` of stored + new by score.
+
+        ``mu (B, K, D)``, ``mu_pred (B, K, C+1)``; class c scores the new bases by ``mu_pred[:, :, c]``.
+        Stored scores are never refreshed. The sort is stable, so on ties stored entries stay first.
+        """
+        slots = self.hp.memory_slots
+        for b in range(mu.shape[0]):
+            classes = torch.nonzero(labels[b] > 0.5).flatten()
+            if classes.numel() == 0:
+                continue
+            scores = torch.cat([self.memory_scores[classes], mu_pred[b][:, classes].T.to(self.memory.dtype)],
+                               dim=1)  # (n, slots + K)
+            entries = torch.cat([self.memory[classes],
+                                 mu[b].to(self.memory.dtype).unsqueeze(0).expand(classes.numel(), -1, -1)],
+                                dim=1)
+            top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :slots]
+            self.memory_scores[classes] = torch.gather(scores, 1, top)
+            self.memory[classes] = torch.gather(entries, 1, top.unsqueeze(-1).expand(-1, -1, entries.shape[-1]))
+
+    def reset_memory(self) -> None:
+        self.memory.zero_()
+        self.memory_scores.zero_()
+
+    def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
+        """At the end of ``warmup_epoch``: eval-mode pass over the unshuffled training set fills the memory."""
+        if epoch != self.hp.warmup_epoch:
+            return
+        was_training = self.training
+        self.eval()
+        device = self.memory.device
+        with torch.no_grad():
+            for batch in train_batches():
+                out = self(batch.features.to(device), batch.mask.to(device))
+                self.update_memory(out.extras["mu"], out.extras["mu_pred"], batch.labels.to(device))
+        self.train(was_training)
+
+    # -------------------------------------------------------------------------------------------- losses
+    def spl_weight(self, epoch: int) -> float:
+        hp = self.hp
+        if hp.spl_restore_epoch is not None and epoch > hp.spl_restore_epoch:
+            return hp.spl_weight
+        return hp.spl_weight_after_warmup if epoch > hp.warmup_epoch else hp.spl_weight
+
+    def memory_branch(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor) -> BranchOutput:
+        """``r = PM(RW(X, memory[cls], w))`` with the memory as it is now (read before any update)."""
+        bases, base_mask = self.read_memory(labels)
+        # a video without positive classes reads all-masked bases; give it the padding ones so that its
+        # (unused, zero-weighted) branch stays finite
+        base_mask = base_mask | ~(labels > 0.5).any(dim=1, keepdim=True)
+        x = out.extras["x"]
+        x_mem = propagate(x, mask, bases.to(x.dtype), self.hp.propagation_weight, self.hp.em_sharpness,
+                          base_mask)
+        return self.head(x_mem, mask)
+
+    def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
+               ) -> dict[str, torch.Tensor]:
+        hp = self.hp
+        o: BranchOutput = out.extras["o"]
+        m: BranchOutput = out.extras["m"]
+        y_fore, y_back = with_background(labels, 0.0), with_background(labels, 1.0)
+
+        def nce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return normalized_cross_entropy(torch.log_softmax(logits, dim=-1), target)
+
+        fore = nce(o.ca_logits, y_fore) + nce(m.ca_logits, y_fore)
+        back = nce(o.cw_logits, y_back) + nce(m.cw_logits, y_back)
+        att = attention_contrast(o.attention, mask, hp.att_topk_ratio)
+        target = m.logits
+        if epoch > hp.warmup_epoch:
+            r = self.memory_branch(out, labels, mask)
+            has_memory = (labels > 0.5).any(dim=1).to(fore.dtype)
+            fore = fore + hp.memory_branch_weight * has_memory * nce(r.ca_logits, y_fore)
+            back = back + hp.memory_branch_weight * has_memory * nce(r.cw_logits, y_back)
+            mixed = hp.memory_target_weight * r.logits + (1.0 - hp.memory_target_weight) * m.logits
+            target = torch.where(has_memory.bool()[:, None, None], mixed, m.logits)
+            if self.training:
+                self.update_memory(out.extras["mu"].detach(), out.extras["mu_pred"].detach(), labels)
+        spl = softened_cross_entropy(o.logits, target, mask, hp.spl_temperature)
+        total = fore + hp.back_weight * back + hp.att_weight * att + self.spl_weight(epoch) * spl
+        return {"total": total, "fore": fore, "back": back, "att": att, "spl": spl}
+
+    # ------------------------------------------------------------------------------------------ test time
+    def localization_scores(self, out: ModelOutput, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(wo softmax(o.S) + wm softmax(m.S)) * o.a`` (RS 0.6/0.4, GauFuse 0.85/0.15); video ``out.video_scores``."""
+        o: BranchOutput = out.extras["o"]
+        m: BranchOutput = out.extras["m"]
+        wo, wm = self.hp.test_cas_weights
+        cas = (wo * torch.softmax(o.logits, dim=-1) + wm * torch.softmax(m.logits, dim=-1))
+        cas = cas[..., : self.num_classes] * o.attention.unsqueeze(-1)
+        return masked_fill_zero(cas, mask), out.video_scores
+
+    def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
+        wo, wm = self.hp.distill_weights
+        return [(wo, out.extras["o"].logits), (wm, out.extras["m"].logits)]
+
+    @staticmethod
+    def postprocess_defaults() -> PostprocessDefaults:
+        """RS test recipe (reference-notes §5.4): class threshold 0.1, theta 0.001:0.002:0.039, NMS 0.5."""
+        return PostprocessDefaults(class_threshold=0.1, margin_scale=0.25, margin_power=1.0,
+                                   suppression="nms", overlap_kind="inter_over_other", overlap_threshold=0.5)
+
+    @staticmethod
+    def gaufuse_postprocess_defaults() -> PostprocessDefaults:
+        """GauFuse test recipe (§3.6): class threshold 0.16, margin 0.0785 len^0.9, Gaussian fusion 0.25, T=0.2."""
+        return PostprocessDefaults(class_threshold=0.16, margin_scale=0.0785, margin_power=0.9,
+                                   suppression="gaussian", overlap_kind="inter_over_other",
+                                   overlap_threshold=0.25, fusion_temperature=0.2)

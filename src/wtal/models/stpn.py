@@ -1,0 +1,120 @@
+"""STPN (Nguyen et al., CVPR 2018), as in the public reproduction (methods.md §3, bellos1203/STPN).
+
+Per stream: attention ``lambda_t = sigmoid(FC(relu(FC_256(x_t))))``, video feature ``mean_t(lambda_t x_t)``
+(over the video's real snippets), classifier ``FC(D -> C)`` trained with sigmoid BCE, plus
+``beta * ||lambda||_1``. With ``two_stream=True`` (default, as the paper) the RGB half and the flow half of
+the input (split at ``input_dim // 2``) each get their own attention and classifier; disjoint parameters
+and a summed loss are the same as training two models separately.
+
+Differences from the reproduction: it samples T=400 snippets per video; here a video is used whole (the
+L1 term then sums over all its snippets). The reference fuses the two streams at the proposal level (union
++ NMS); this library fuses at the CAS level (``test_stream_weight`` alpha, default 0.5 as the paper), see
+``localization_scores``. STPN has no background class: the ``(C+1)``-th logit column is
+``logit(1 - lambda_t)`` of the fused attention, so ``softmax`` over C+1 ranks background where attention is low.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wtal.data.batch import Batch
+from wtal.models.base import ModelOutput
+from wtal.models.masked import masked_fill_zero, masked_mean, masked_sum
+from wtal.models.recipes import PostprocessDefaults, parse_hyperparameters
+
+
+@dataclass(frozen=True)
+class STPNHyperparameters:
+    two_stream: bool = True
+    attention_hidden: int = 256
+    sparsity_weight: float = 1e-4  # beta
+    test_stream_weight: float = 0.5  # alpha: weight of the RGB stream when fusing the two streams
+
+
+class STPNStream(nn.Module):
+    """Attention module and classifier for one modality."""
+
+    def __init__(self, input_dim: int, num_classes: int, hidden: int):
+        super().__init__()
+        self.attention = nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.classifier = nn.Linear(input_dim, num_classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(video logits (B, C), attention (B, T), T-CAS (B, T, C) = x_t W^T without bias)``."""
+        attention = masked_fill_zero(torch.sigmoid(self.attention(x).squeeze(-1)), mask)
+        pooled = masked_mean(attention.unsqueeze(-1) * x, mask)
+        tcam = x @ self.classifier.weight.T
+        return self.classifier(pooled), attention, tcam
+
+
+class STPN(nn.Module):
+    """``STPN(input_dim, num_classes, **STPNHyperparameters fields)``."""
+
+    def __init__(self, input_dim: int, num_classes: int, **hyperparameters):
+        super().__init__()
+        self.hp = parse_hyperparameters(STPNHyperparameters, "stpn", hyperparameters)
+        self.num_classes = num_classes
+        if self.hp.two_stream:
+            half = input_dim // 2
+            self.splits = [(0, half), (half, input_dim)]
+        else:
+            self.splits = [(0, input_dim)]
+        self.streams = nn.ModuleList(
+            STPNStream(hi - lo, num_classes, self.hp.attention_hidden) for lo, hi in self.splits)
+
+    @property
+    def stream_weights(self) -> list[float]:
+        alpha = self.hp.test_stream_weight
+        return [alpha, 1.0 - alpha] if self.hp.two_stream else [1.0]
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
+        outs = [stream(features[..., lo:hi], mask) for stream, (lo, hi) in zip(self.streams, self.splits, strict=True)]
+        weights = self.stream_weights
+        video_logits = [o[0] for o in outs]
+        attentions = [o[1] for o in outs]
+        tcams = [o[2] for o in outs]
+        video = sum(w * torch.sigmoid(v) for w, v in zip(weights, video_logits, strict=True))
+        attention = sum(w * a for w, a in zip(weights, attentions, strict=True))
+        stream_logits = [self._with_background(tcam, att) for tcam, att in zip(tcams, attentions, strict=True)]
+        cas_logits = sum(w * s for w, s in zip(weights, stream_logits, strict=True))
+        return ModelOutput(video_scores=video, cas_logits=cas_logits, attention=attention,
+                           extras={"video_logits": video_logits, "attentions": attentions, "tcams": tcams,
+                                   "stream_logits": stream_logits})
+
+    @staticmethod
+    def _with_background(tcam: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        eps = 1e-6
+        a = attention.clamp(eps, 1.0 - eps)
+        return torch.cat([tcam, (torch.log1p(-a) - torch.log(a)).unsqueeze(-1)], dim=-1)
+
+    def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
+               ) -> dict[str, torch.Tensor]:
+        cls = sum(F.binary_cross_entropy_with_logits(v, labels, reduction="none").mean(dim=1)
+                  for v in out.extras["video_logits"])
+        sparsity = sum(masked_sum(a, mask) for a in out.extras["attentions"])
+        total = cls + self.hp.sparsity_weight * sparsity
+        return {"total": total, "cls": cls, "sparsity": sparsity}
+
+    def localization_scores(self, out: ModelOutput, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per stream ``lambda_t * sigmoid(T-CAS)`` (the reproduction's weighted T-CAM), fused with alpha."""
+        cas = sum(w * a.unsqueeze(-1) * torch.sigmoid(t) for w, a, t
+                  in zip(self.stream_weights, out.extras["attentions"], out.extras["tcams"], strict=True))
+        return masked_fill_zero(cas, mask), out.video_scores
+
+    def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
+        return [(w, s) for w, s in zip(self.stream_weights, out.extras["stream_logits"], strict=True)]
+
+    def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
+        return None
+
+    @staticmethod
+    def postprocess_defaults() -> PostprocessDefaults:
+        """Reproduction: class threshold 0.1, one CAS threshold 0.05 on the x24-upsampled CAS, score = inner
+        mean, NMS at IoU 0.5."""
+        return PostprocessDefaults(class_threshold=0.1, cas_thresholds=(0.05,), min_length=1, outer_weight=0.0,
+                                   suppression="nms", overlap_kind="iou", overlap_threshold=0.5, upsample=24)
