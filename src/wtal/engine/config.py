@@ -1,0 +1,433 @@
+"""Run configuration: plain YAML -> nested dict -> small validated dataclasses.
+
+A config file is complete and self-contained (no ``_base_`` inheritance). Sections::
+
+    model:       {name, params: {...}}            # params go to wtal.models.build_model(name, D, C, **params)
+    data:        {path, modality, val_fraction, val_seed, batch_size, eval_batch_size, cache,
+                  train_subset, test_subset}
+    optim:       {name, lr, betas, weight_decay, grad_clip,
+                  schedule: {type: constant|step, milestones, factors, warmup_epochs}}
+    train:       {epochs, eval_every, seed, select: val|last|test, deterministic, tensorboard, progress}
+    eval:        {tiou: [...]}
+    postprocess: {preset, ...}                    # -> LocalizeConfig.from_preset(preset, **rest)
+    pseudo:      null | {name, ...}               # trainer plug-ins (see wtal.engine.plugins)
+
+Keys missing from a file take the dataclass defaults below; the *resolved* config (every key filled in,
+after ``--epochs`` and ``--set``) is what a run saves as ``RUN/config.yaml``.
+
+Epoch-valued keys
+-----------------
+Every epoch boundary of a schedule is recognised by its key name, anywhere in the tree (``model.params``
+and ``pseudo`` included), so a model-specific boundary needs no registration:
+
+* ``epochs`` (the run length, ``train.epochs``),
+* keys ending in ``_epoch`` or ``_epochs`` (``warmup_epoch``, ``warmup_epochs``, ``dist_epochs``, ...),
+* keys ending in ``_every`` (``eval_every``), and ``milestones``.
+
+Values are ints, floats or lists of them. ``--epochs N`` multiplies each one by ``N / train.epochs``:
+ints are rounded (a positive value stays >= 1), floats are kept fractional. Epoch indices are 0-based,
+as in the reference code: ``warmup_epoch: 100`` of 200 becomes 20 of 40.
+
+Short schedules (``--epochs N`` below the config's length)
+----------------------------------------------------------
+Rescaling the epoch boundaries alone is not enough: the reference optimisers take ``lr = 5e-5`` steps on
+summed gradients for 200 epochs, so a 5x shorter run moves the weights 5x less. ``optim.short_schedule``
+says what ``--epochs`` does to the optimiser when it compresses a schedule by ``f = train.epochs / N > 1``:
+
+* ``lr_scaling: linear`` multiplies ``optim.lr`` by ``f`` (``sqrt``: by ``sqrt(f)``; ``none``: unchanged),
+* ``warmup_epochs`` (epochs of the *short* run) sets a linear learning-rate warm-up when the config has
+  none, so the larger rate does not blow up the freshly initialised model in the first steps.
+
+The rule and the measurements behind it are in ``configs/README.md``. ``--set`` overrides are applied
+after rescaling, so the values given there are taken literally.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wtal.errors import WtalInputError
+
+# Sections whose contents are checked by their consumer (the model factory, the localizer, the plug-in
+# factory), so ``--set`` may add keys there that the file does not have.
+OPEN_SECTIONS = ("model.params", "postprocess", "pseudo")
+
+
+@dataclass
+class ScheduleConfig:
+    type: str = "constant"  # constant | step
+    milestones: list[int] = field(default_factory=list)  # epoch indices where the next factor starts
+    factors: list[float] = field(default_factory=list)  # lr multipliers, len(milestones) + 1 for "step"
+    warmup_epochs: float = 0.0  # linear warm-up of the learning rate over this many epochs (0: none)
+
+    def validate(self) -> None:
+        if self.type not in ("constant", "step"):
+            raise _bad("optim.schedule.type", self.type, "use 'constant' or 'step'")
+        if self.type == "step":
+            if len(self.factors) != len(self.milestones) + 1:
+                raise _bad("optim.schedule.factors", self.factors,
+                           f"give len(milestones) + 1 = {len(self.milestones) + 1} factors (the first "
+                           "applies before the first milestone)")
+            if any(b < a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
+                raise _bad("optim.schedule.milestones", self.milestones, "milestones must not decrease")
+        if self.warmup_epochs < 0:
+            raise _bad("optim.schedule.warmup_epochs", self.warmup_epochs, "use a value >= 0")
+
+
+@dataclass
+class ShortScheduleConfig:
+    lr_scaling: str = "none"  # linear | sqrt | none: lr multiplier when --epochs compresses the schedule
+    warmup_epochs: float = 0.0  # warm-up (epochs of the short run) added when the config has none
+
+    def validate(self) -> None:
+        if self.lr_scaling not in ("linear", "sqrt", "none"):
+            raise _bad("optim.short_schedule.lr_scaling", self.lr_scaling, "use 'linear', 'sqrt' or 'none'")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam (L2 decay added to the gradient, as the reference) | adamw (decoupled)
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm per optimiser step (None: no clipping)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    short_schedule: ShortScheduleConfig = field(default_factory=ShortScheduleConfig)
+
+    def validate(self) -> None:
+        if self.name not in ("adam", "adamw"):
+            raise _bad("optim.name", self.name, "use 'adam' or 'adamw'")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise _bad("optim.lr", self.lr, "use a positive learning rate")
+        if len(self.betas) != 2:
+            raise _bad("optim.betas", self.betas, "give two numbers, e.g. [0.9, 0.999]")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise _bad("optim.grad_clip", self.grad_clip, "use a positive norm or null")
+        self.schedule.validate()
+        self.short_schedule.validate()
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # set by `wtal train --data`
+    modality: str = "both"  # rgb | flow | both
+    val_fraction: float = 0.1  # training videos held out for model selection
+    val_seed: int = 0  # the held-out split depends on this seed only, not on train.seed
+    batch_size: int = 10  # videos per optimiser step (gradients are summed over them)
+    eval_batch_size: int = 16  # videos per forward pass at evaluation
+    cache: bool = True  # keep features in memory after the first read
+    train_subset: str | None = None  # None: wtal.data.split_subsets decides
+    test_subset: str | None = None
+
+    def validate(self) -> None:
+        if self.modality not in ("rgb", "flow", "both"):
+            raise _bad("data.modality", self.modality, "use 'rgb', 'flow' or 'both'")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise _bad("data.val_fraction", self.val_fraction, "use a fraction in [0, 1)")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise _bad("data.batch_size", self.batch_size, "use at least one video per batch")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    eval_every: int = 5
+    seed: int = 0
+    select: str = "val"  # val: best validation mAP | last: final epoch | test: best TEST mAP (logged warning)
+    deterministic: bool = False
+    tensorboard: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise _bad("train.epochs", self.epochs, "train for at least one epoch")
+        if self.eval_every < 1:
+            raise _bad("train.eval_every", self.eval_every, "use a positive number of epochs")
+        if self.select not in ("val", "last", "test"):
+            raise _bad("train.select", self.select, "use 'val', 'last' or 'test'")
+
+
+@dataclass
+class EvalConfig:
+    tiou: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mil"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    postprocess: dict[str, Any] = field(default_factory=lambda: {"preset": "paper"})
+    pseudo: dict[str, Any] | None = None
+
+    def validate(self) -> RunConfig:
+        self.optim.validate()
+        self.data.validate()
+        self.train.validate()
+        if self.data.val_fraction == 0 and self.train.select == "val":
+            raise _bad("train.select", "val", "data.val_fraction is 0: hold out videos or use select: last")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# dict <-> dataclasses
+
+
+def from_dict(raw: dict[str, Any], source: str | Path | None = None) -> RunConfig:
+    """Validate a nested dict into a :class:`RunConfig` (unknown keys and wrong types are errors)."""
+    if not isinstance(raw, dict):
+        raise WtalInputError("a config must be a YAML mapping of sections", path=source,
+                             fix=f"start the file with sections like {_field_names(RunConfig)}")
+    cfg = _build(RunConfig, raw, "", source)
+    return cfg.validate()
+
+
+def _build(cls: type, raw: Any, where: str, source) -> Any:
+    if not isinstance(raw, dict):
+        raise WtalInputError(f"config section {where or '<root>'!r} must be a mapping, got {raw!r}",
+                             path=source, fix=f"give it keys among {_field_names(cls)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise WtalInputError(f"unknown config key {_join(where, unknown[0])!r}", path=source,
+                             fix=f"valid keys of {where or 'the config'}: {sorted(known)}")
+    kwargs = {}
+    for name in known & set(raw):
+        kwargs[name] = _convert(hints[name], raw[name], _join(where, name), source)
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str, source) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, source)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where, source)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise _type_error(where, value, "a list", source)
+        return [_convert(args[0], v, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(where, value, "a mapping", source)
+        return copy.deepcopy(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _type_error(where, value, "a number", source)
+        return float(value)
+    if tp is int:
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral:
+            raise _type_error(where, value, "an integer", source)
+        return int(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _type_error(where, value, "true or false", source)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _type_error(where, value, "a string", source)
+        return value
+    return value
+
+
+def _type_error(where: str, value: Any, expected: str, source) -> WtalInputError:
+    return WtalInputError(f"config key {where!r} must be {expected}, got {value!r}", path=source,
+                          fix=f"write {where} as {expected}")
+
+
+def _bad(key: str, value: Any, fix: str) -> WtalInputError:
+    return WtalInputError(f"invalid config value {key} = {value!r}", fix=fix)
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading, overrides, rescaling
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise WtalInputError("config file not found", path=path,
+                             fix="pass an existing YAML file, e.g. configs/mil.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise WtalInputError(f"malformed YAML: {exc}", path=path, fix="fix the YAML syntax") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise WtalInputError("a config must be a YAML mapping of sections", path=path,
+                             fix=f"start the file with sections like {_field_names(RunConfig)}")
+    return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=c"`` -> ``(["a", "b"], yaml-parsed c)``."""
+    if "=" not in text:
+        raise WtalInputError(f"--set {text!r} is not KEY=VALUE", fix="write e.g. --set optim.lr=1e-4")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise WtalInputError(f"--set {text!r} has an empty key part", fix="write dotted keys like optim.lr")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise WtalInputError(f"--set {text!r}: value is not valid YAML ({exc})",
+                             fix="quote the value") from exc
+    # YAML 1.1 reads "1e-4" (no dot) as a string; numbers are what users mean there.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if any(ch in parsed.lower() for ch in ".e") else parsed
+        except ValueError:
+            pass
+    return parts, parsed
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``--set a.b=c`` overrides to a fully resolved config dict (a copy is returned).
+
+    Every key must already exist, except inside the open sections ``model.params``, ``postprocess`` and
+    ``pseudo`` whose consumers validate them; an unknown key is an error that lists the valid ones.
+    """
+    tree = copy.deepcopy(tree)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = tree
+        for depth, part in enumerate(parts):
+            prefix = ".".join(parts[:depth])
+            last = depth == len(parts) - 1
+            open_here = any(prefix == s or prefix.startswith(s + ".") for s in OPEN_SECTIONS)
+            if node is None and open_here:  # e.g. pseudo: null -> pseudo.name=...
+                node = _set_path(tree, parts[:depth], {})
+            if not isinstance(node, dict):
+                raise WtalInputError(f"--set {text}: {prefix!r} is not a section", fix=f"set {prefix} itself")
+            if part not in node and not open_here:
+                raise WtalInputError(f"--set {text}: unknown config key {'.'.join(parts[:depth + 1])!r}",
+                                     fix=f"valid keys of {prefix or 'the config'}: {sorted(node)}")
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {}) if open_here else node[part]
+    return tree
+
+
+def _set_path(tree: dict[str, Any], parts: list[str], value: Any) -> Any:
+    node = tree
+    for p in parts[:-1]:
+        node = node[p]
+    node[parts[-1]] = value
+    return value
+
+
+def is_epoch_key(key: str) -> bool:
+    """True for keys that hold epoch numbers (see the module docstring)."""
+    return key in ("epochs", "milestones") or key.endswith(("_epoch", "_epochs", "_every"))
+
+
+def rescale_epochs(tree: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """Rescale every epoch-valued key of a resolved config dict to a run of ``epochs`` epochs.
+
+    Also applies ``optim.short_schedule`` when the schedule is compressed (see the module docstring).
+    """
+    if epochs < 1:
+        raise WtalInputError(f"--epochs {epochs} is not a positive number of epochs",
+                             fix="use --epochs 1 or more")
+    tree = copy.deepcopy(tree)
+    old = int(tree["train"]["epochs"])
+    ratio = epochs / old
+
+    def scale(value: Any) -> Any:
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, list):
+            return [scale(v) for v in value]
+        if isinstance(value, int):
+            return max(1, round(value * ratio)) if value > 0 else value
+        if isinstance(value, float):
+            return value * ratio
+        return value
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if is_epoch_key(key) and not isinstance(value, dict):
+                    node[key] = scale(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    short = tree["optim"]["short_schedule"]
+    # short_schedule.warmup_epochs is given in epochs of the short run: keep it out of the rescaling.
+    short_warmup = short.get("warmup_epochs", 0.0)
+    walk(tree)
+    short["warmup_epochs"] = short_warmup
+    tree["train"]["epochs"] = epochs
+    compression = old / epochs
+    if compression > 1:
+        rule = short.get("lr_scaling", "none")
+        if rule == "linear":
+            tree["optim"]["lr"] = float(tree["optim"]["lr"]) * compression
+        elif rule == "sqrt":
+            tree["optim"]["lr"] = float(tree["optim"]["lr"]) * math.sqrt(compression)
+        schedule = tree["optim"]["schedule"]
+        if short_warmup and not schedule.get("warmup_epochs"):
+            schedule["warmup_epochs"] = float(short_warmup)
+    return tree
+
+
+def resolve_config(path: str | Path, *, overrides: list[str] | tuple[str, ...] = (),
+                   epochs: int | None = None, seed: int | None = None,
+                   data_path: str | Path | None = None) -> RunConfig:
+    """Load a YAML config, fill the defaults, rescale to ``epochs``, apply ``--set`` and the seed."""
+    tree = from_dict(load_yaml(path), source=path).to_dict()
+    if epochs is not None:
+        tree = rescale_epochs(tree, epochs)
+    tree = apply_overrides(tree, overrides)
+    if seed is not None:
+        tree["train"]["seed"] = int(seed)
+    if data_path is not None:
+        tree["data"]["path"] = str(data_path)
+    return from_dict(tree, source=path)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a resolved config (``RUN/config.yaml``) back."""
+    return from_dict(load_yaml(path), source=path)

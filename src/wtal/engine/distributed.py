@@ -1,0 +1,101 @@
+"""Optional multi-process training launched by ``torchrun`` (gloo on CPU, nccl on CUDA).
+
+Every rank runs the same seeded schedule, so all ranks draw the same global batches; rank ``r`` takes
+videos ``r, r + W, ...`` of each global batch. Gradients are all-reduced as a **sum**, which keeps the
+engine's semantics (the gradient of a step is the sum of its videos' gradients, as in the reference's
+accumulation). Rank 0 alone writes files and evaluates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: list[Any]) -> list[Any]:
+        """This rank's share of one global batch."""
+        return items[self.rank :: self.world_size] if self.enabled else items
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def all_reduce_sum_(self, tensors: Iterable[torch.Tensor]) -> None:
+        """In-place sum over ranks (one flat buffer, one collective)."""
+        if not self.enabled:
+            return
+        tensors = list(tensors)
+        if not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[offset : offset + n].view_as(t))
+            offset += n
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def init_distributed(device: torch.device) -> DistContext:
+    """Join the process group described by torchrun's environment; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistContext(rank, world, local_rank)
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def resolve_device(requested: str | None, ctx_local_rank: int | None = None) -> torch.device:
+    """``--device`` when given, else CUDA when available (one device per local rank), else CPU."""
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            from wtal.errors import WtalInputError
+
+            raise WtalInputError(f"--device {requested} asked for CUDA but no CUDA device is available",
+                                 fix="use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        local = ctx_local_rank if ctx_local_rank is not None else int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local)
+    return torch.device("cpu")

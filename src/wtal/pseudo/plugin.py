@@ -1,0 +1,313 @@
+"""The GauFuse trainer plug-in: teacher generations, Δ targets and the distillation loss for any model.
+
+Configured by the run config's ``pseudo`` section, e.g. ``pseudo: {name: gaufuse, preset: paper}``
+(``method:`` is accepted for ``name:``). Keys (all optional, the preset fills the rest):
+
+=========================  ====================================================================
+``preset``                 ``paper`` (default) or ``reference``, see below
+``generation_epochs``      epochs whose start makes a new generation (a teacher snapshot)   [epochs]
+``temperatures``           fusion temperature per generation (or one number)
+``target_start_epoch``     first epoch trained on pseudo labels                             [epoch]
+``delta_start_epochs``     epochs from which Δ labels are used, with ``delta_scales``        [epochs]
+``delta_scales``           ``scale`` of ``scale * (G^t - G^(t-1))`` per delta phase
+``loss_weight``            distillation weight (the start of the ramp if ``loss_weight_max``)
+``loss_weight_max``        cap of the exponential weight ramp, or null for a constant weight
+``weight_ramp_start_epoch``, ``weight_ramp_end_epoch``: the ramp goes from ``loss_weight`` to
+                           ``loss_weight_max`` between them (floats)                        [epoch]
+``keep_generations``       generations held in memory and checkpoints (>= 2 for Δ)
+``loss``                   ``bounded`` or ``cross_entropy`` (:mod:`wtal.pseudo.distill`)
+``source``                 ``localization`` or ``distill_mix`` (:mod:`wtal.pseudo.teacher`)
+``class_gate``             ``labels`` (ground-truth video labels) or ``predicted`` (video score)
+``background_column``      also label the background column (``distill_mix`` only)
+``teacher_dropout``        keep the teacher in train mode while it labels
+``localize``               ``{preset, ...}`` overrides of :class:`wtal.localize.LocalizeConfig`
+``linpro``                 ``{preset, ...}`` overrides of :class:`wtal.pseudo.linpro.LinProConfig`
+``workers``                processes for post-processing (null: automatic)
+=========================  ====================================================================
+
+Epochs: the presets are written for a 350-epoch run and are mapped proportionally onto the run's
+length (``total_epochs``). Keys marked [epoch(s)] given in the config are taken literally as epochs of
+the run; their names end in ``_epoch``/``_epochs`` so the engine's ``--epochs`` rescaler scales them.
+
+Presets
+-------
+``paper`` (fixes the suspects of reference-notes §3.7): generations at 200, 215, 230, 245, 270, 290 of
+350, temperature 0.1, the raw first generation until the second exists, then plain Δ = G^t - G^(t-1);
+the teacher in eval mode (deterministic labels); labels read through the model's test-time
+``localization_scores`` (the same pipeline as test predictions), only for the video's ground-truth
+classes, no background column; the ``paper`` localizer (IoU grouping, weights softmax(q / T)) and the
+``paper`` LinPro (class-uniform by construction); the bounded loss; a constant weight
+:data:`PAPER_LOSS_WEIGHT`.
+
+``reference`` (faithful to the public code, reference-notes §3.1-§3.5): generations at 200, 230, 245,
+260, 275, 300 with T = 0.02, 0.02, 0.02, 0.002, 0.002, 0.0016; raw labels from 201, 2 Δ from 251, 2.15 Δ
+from 301; weight ``min(10 * 1.035^(e - 200), 50)``; teacher with dropout on; labels from the 0.8/0.2
+``distill_mix`` CAS with the background column, gated by predicted video score >= 0.16; the ``reference``
+localizer and LinPro; plain (unbounded) cross entropy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from wtal.data.batch import Batch
+from wtal.errors import WtalInputError
+from wtal.localize.pipeline import LocalizeConfig
+from wtal.pseudo.distill import LossKind, distillation_loss
+from wtal.pseudo.generate import Generation, GenerationConfig, GenerationTimings, generate
+from wtal.pseudo.linpro import LinProConfig, LinProStats
+from wtal.pseudo.schedule import PRESET_EPOCHS, PseudoSchedule, TargetSpec, paper_schedule, reference_schedule
+
+logger = logging.getLogger(__name__)
+
+#: constant distillation weight of the paper preset (the paper gives none). The reference starts at
+#: 10 and grows to 50; Δ targets are differences of LinPro scores (typically |Δ| < 0.1), so 10 gives the
+#: term a size comparable to, but below, the base model's losses without the reference's growth.
+PAPER_LOSS_WEIGHT = 10.0
+
+_SCHEDULE_KEYS = tuple(f.name for f in fields(PseudoSchedule))
+_GENERATION_KEYS = ("source", "class_gate", "background_column", "teacher_dropout", "workers")
+_OTHER_KEYS = ("name", "method", "preset", "loss", "localize", "linpro")
+
+_PRESET_OPTIONS: dict[str, dict[str, Any]] = {
+    "paper": dict(loss="bounded", source="localization", class_gate="labels", background_column=False,
+                  teacher_dropout=False),
+    "reference": dict(loss="cross_entropy", source="distill_mix", class_gate="predicted",
+                      background_column=True, teacher_dropout=True),
+}
+
+
+@dataclass(frozen=True)
+class GauFuseConfig:
+    schedule: PseudoSchedule
+    generation: GenerationConfig
+    loss: LossKind
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any] | None, *, total_epochs: int) -> GauFuseConfig:
+        """Resolve a ``pseudo`` config mapping (see the module docstring) for a run of ``total_epochs``."""
+        cfg = dict(cfg or {})
+        unknown = sorted(set(cfg) - set(_SCHEDULE_KEYS) - set(_GENERATION_KEYS) - set(_OTHER_KEYS))
+        if unknown:
+            raise WtalInputError(f"unknown pseudo setting {unknown[0]!r}",
+                                 fix=f"valid keys: {sorted(_SCHEDULE_KEYS + _GENERATION_KEYS + _OTHER_KEYS)}")
+        method = cfg.get("name", cfg.get("method", "gaufuse"))
+        if method != "gaufuse":
+            raise WtalInputError(f"unknown pseudo-label method {method!r}", fix="use name: gaufuse")
+        preset = cfg.get("preset", "paper")
+        if preset not in _PRESET_OPTIONS:
+            raise WtalInputError(f"unknown pseudo preset {preset!r}", fix="use 'paper' or 'reference'")
+        schedule = _schedule(preset, cfg, total_epochs)
+        opts = {**_PRESET_OPTIONS[preset], **{k: cfg[k] for k in (*_GENERATION_KEYS, "loss") if k in cfg}}
+        loss = opts.pop("loss")
+        if loss not in ("bounded", "cross_entropy"):
+            raise WtalInputError(f"unknown pseudo loss {loss!r}", fix="use 'bounded' or 'cross_entropy'")
+        localize = _sub_config(LocalizeConfig, cfg.get("localize"), preset, "localize")
+        if localize.method != "fusion":
+            logger.info("pseudo labels use %s instead of Gaussian fusion", localize.method)
+        linpro = _sub_config(LinProConfig, cfg.get("linpro"), preset, "linpro")
+        generation = GenerationConfig(localize=localize, linpro=linpro, **opts)
+        return cls(schedule=schedule, generation=generation, loss=loss)
+
+
+def _schedule(preset: str, cfg: dict[str, Any], total_epochs: int) -> PseudoSchedule:
+    base = paper_schedule(PAPER_LOSS_WEIGHT) if preset == "paper" else reference_schedule()
+    base = base.rescaled(total_epochs, PRESET_EPOCHS)
+    try:
+        given = {k: _CONVERT[k](cfg[k]) for k in _SCHEDULE_KEYS if k in cfg}
+    except (TypeError, ValueError) as exc:
+        raise WtalInputError(f"invalid pseudo schedule setting: {exc}",
+                             fix="epochs are integers or integer lists; weights and scales numbers") from exc
+    if "generation_epochs" in given and "temperatures" not in given:
+        temps = set(base.temperatures)
+        if len(temps) != 1:
+            raise WtalInputError("pseudo.generation_epochs is set but pseudo.temperatures is not",
+                                 fix="give one temperature per generation epoch")
+        given["temperatures"] = (temps.pop(),)
+    if "temperatures" in given and len(given["temperatures"]) == 1:
+        count = len(given.get("generation_epochs", base.generation_epochs))
+        given["temperatures"] = given["temperatures"] * count
+    return replace(base, **given)
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    values = value if isinstance(value, list | tuple) else [value]
+    if any(isinstance(v, bool) or float(v) != int(v) for v in values):
+        raise ValueError(f"expected integer epochs, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def _floats(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in (value if isinstance(value, list | tuple) else [value]))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "generation_epochs": _ints, "temperatures": _floats, "target_start_epoch": lambda v: _ints(v)[0],
+    "delta_start_epochs": _ints, "delta_scales": _floats, "loss_weight": float,
+    "loss_weight_max": _optional_float, "weight_ramp_start_epoch": float, "weight_ramp_end_epoch": float,
+    "keep_generations": lambda v: _ints(v)[0],
+}
+
+
+def _sub_config(cls, raw: dict[str, Any] | None, preset: str, where: str):
+    raw = dict(raw or {})
+    sub_preset = raw.pop("preset", preset)
+    try:
+        return cls.from_preset(sub_preset, **raw)
+    except TypeError as exc:
+        raise WtalInputError(f"invalid pseudo.{where} setting: {exc}") from exc
+
+
+class GauFusePlugin:
+    """Trainer plug-in; see the module docstring. Generations are kept oldest first."""
+
+    name = "gaufuse"
+
+    def __init__(self, config: GauFuseConfig, *, num_classes: int):
+        self.config = config
+        self.num_classes = int(num_classes)
+        self.generations: list[Generation] = []
+        self.history: list[dict[str, float]] = []  # one summary per generation made in this run
+        self._cache_key: tuple | None = None
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def schedule(self) -> PseudoSchedule:
+        return self.config.schedule
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int, model: torch.nn.Module,
+                       train_batches: Callable[[], Iterable[Batch]]) -> None:
+        index = self.schedule.generation_index(epoch)
+        if index is None or any(g.epoch == epoch for g in self.generations):
+            return  # nothing due, or already made before a --resume
+        gen = generate(model, train_batches, self.config.generation, epoch=epoch,
+                       temperature=self.schedule.temperatures[index])
+        self._check_width(gen)
+        self.generations = [*self.generations, gen][-self.schedule.keep_generations:]
+        t = gen.timings
+        summary = {"epoch": float(epoch), "videos": float(len(gen.labels)), "teacher_s": t.teacher,
+                   "postprocess_s": t.postprocess_wall, "lp_solved": float(gen.stats.solved),
+                   "lp_relaxed": float(gen.stats.relaxed), "lp_failed": float(gen.stats.failed),
+                   "labelled_fraction": _labelled_fraction(gen.labels)}
+        self.history.append(summary)
+        logger.info("pseudo labels generation %d at epoch %d: %d videos, teacher %.2fs, "
+                    "post-processing %.2fs, %s", index, epoch, len(gen.labels), t.teacher, t.postprocess_wall,
+                    gen.stats)
+
+    def loss(self, model: torch.nn.Module, out: Any, batch: Batch, epoch: int) -> torch.Tensor | None:
+        spec = self.target_spec(epoch)
+        weight = self.schedule.weight(epoch)
+        if spec is None or weight == 0:
+            return None
+        branches = model.distill_logits(out)
+        ref = branches[0][1]
+        target = self._batch_targets(spec, batch, ref.shape[1], ref.device, ref.dtype)
+        return weight * distillation_loss(branches, target, batch.mask, self.config.loss)
+
+    # -- targets ---------------------------------------------------------------------------------
+    def target_spec(self, epoch: int) -> TargetSpec | None:
+        return self.schedule.target(epoch, [g.epoch for g in self.generations])
+
+    def video_target(self, spec: TargetSpec, name: str) -> np.ndarray:
+        """The ``(T, K)`` float32 target of one video under ``spec``."""
+        latest = self.generations[spec.latest].labels
+        if name not in latest:
+            raise WtalInputError(f"video {name!r} has no pseudo labels", video=name,
+                                 fix="keep the training set unchanged between pseudo-label generations "
+                                     "(and when resuming)")
+        if spec.kind == "raw":
+            return latest[name]
+        previous = self.generations[spec.previous].labels[name]
+        return (spec.scale * (latest[name].astype(np.float64) - previous)).astype(np.float32)
+
+    def _batch_targets(self, spec: TargetSpec, batch: Batch, t_max: int, device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor:
+        key = (spec, tuple(g.epoch for g in self.generations), str(device), dtype)
+        if key != self._cache_key:
+            self._cache_key, self._cache = key, {}
+        lengths = batch.mask.sum(dim=1).tolist()
+        rows = []
+        for name, length in zip(batch.names, lengths, strict=True):
+            target = self._cache.get(name)
+            if target is None:
+                target = torch.as_tensor(self.video_target(spec, name), dtype=dtype, device=device)
+                self._cache[name] = target
+            if target.shape[0] != int(length):
+                raise WtalInputError(
+                    f"pseudo labels cover {target.shape[0]} snippets but the video has {length}", video=name,
+                    fix="resume only with the features the labels were made from")
+            rows.append(target)
+        width = rows[0].shape[1]
+        padded = torch.zeros(len(rows), t_max, width, dtype=dtype, device=device)
+        for b, target in enumerate(rows):
+            padded[b, : target.shape[0]] = target
+        return padded
+
+    def _check_width(self, gen: Generation) -> None:
+        expected = self.num_classes + (1 if self.config.generation.background_column else 0)
+        for name, labels in gen.labels.items():
+            if labels.shape[1] != expected:
+                raise WtalInputError(f"pseudo labels have {labels.shape[1]} columns, expected {expected}",
+                                     video=name,
+                                     fix="make the model's localization_scores return one column per class")
+            break
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "generations": [{"epoch": g.epoch,
+                             "labels": {n: torch.from_numpy(a.copy()) for n, a in g.labels.items()},
+                             "stats": [g.stats.solved, g.stats.relaxed, g.stats.failed]}
+                            for g in self.generations],
+            "history": [dict(h) for h in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            raise WtalInputError(f"unsupported GauFuse plug-in state version {state.get('version')!r}")
+        self.generations = [
+            Generation(epoch=int(g["epoch"]),
+                       labels={n: t.detach().cpu().numpy().astype(np.float32)
+                               for n, t in g["labels"].items()},
+                       stats=LinProStats(*(int(x) for x in g["stats"])), timings=GenerationTimings())
+            for g in state["generations"]]
+        self.history = [dict(h) for h in state.get("history", [])]
+        self._cache_key, self._cache = None, {}
+
+
+def _labelled_fraction(labels: dict[str, np.ndarray]) -> float:
+    total = sum(a.shape[0] for a in labels.values())
+    hit = sum(int(np.count_nonzero(a.max(axis=1) > 0)) for a in labels.values())
+    return hit / max(total, 1)
+
+
+def build_pseudo_plugin(cfg: dict[str, Any] | None, *, num_classes: int, snippets_per_second: float,
+                        total_epochs: int) -> GauFusePlugin | None:
+    """The plug-in for a ``pseudo`` config mapping, or None when it is null / ``name: none``.
+
+    ``snippets_per_second`` is accepted for the engine's uniform call; everything here is in snippets.
+    """
+    del snippets_per_second
+    if not cfg or cfg.get("name", cfg.get("method", "gaufuse")) == "none":
+        return None
+    return GauFusePlugin(GauFuseConfig.from_dict(cfg, total_epochs=total_epochs), num_classes=num_classes)
+
+
+def build_gaufuse_plugin(context: Any, **params: Any) -> GauFusePlugin:
+    """Factory for :mod:`wtal.engine.plugins` (``pseudo: {name: gaufuse, ...}``)."""
+    plugin = build_pseudo_plugin({"name": "gaufuse", **params}, num_classes=len(context.classes),
+                                 snippets_per_second=context.snippets_per_second, total_epochs=context.epochs)
+    assert plugin is not None
+    return plugin

@@ -1,0 +1,187 @@
+"""Config loading, validation, --set overrides, --epochs rescaling and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wtal.engine.config import (
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    is_epoch_key,
+    load_run_config,
+    parse_override,
+    rescale_epochs,
+    resolve_config,
+)
+from wtal.engine.trainer import learning_rate
+from wtal.errors import WtalInputError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_complete_and_valid(path):
+    raw = yaml.safe_load(path.read_text())
+    assert set(raw) == {"model", "data", "optim", "train", "eval", "postprocess", "pseudo"}, "self-contained"
+    cfg = resolve_config(path)
+    assert cfg.model.name in ("rskp", "stpn", "basnet", "wum", "facnet", "mil")
+    # the model accepts every listed hyper-parameter, and the postprocess section builds a LocalizeConfig
+    from wtal.engine.evaluate import localize_config
+    from wtal.models.factory import build_model
+
+    build_model(cfg.model.name, 32, 4, **cfg.model.params)
+    localize_config(cfg.postprocess)
+
+
+def test_every_thumos_model_has_a_config():
+    for name in ("rskp", "stpn", "basnet", "wum", "facnet"):
+        cfg = resolve_config(CONFIGS / f"{name}.yaml")
+        assert cfg.model.name == name and cfg.eval.tiou == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+
+
+def test_rskp_config_has_the_reference_optimiser():
+    cfg = resolve_config(CONFIGS / "rskp.yaml")
+    assert cfg.optim.lr == 5e-5 and cfg.optim.betas == [0.9, 0.99] and cfg.optim.weight_decay == 5e-4
+    assert cfg.optim.name == "adam" and cfg.optim.schedule.type == "constant"
+    assert cfg.train.epochs == 200 and cfg.model.params["warmup_epoch"] == 100
+    assert cfg.data.batch_size == 10
+
+
+def test_defaults_fill_missing_keys_and_round_trip(tmp_path):
+    cfg = resolve_config(_write(tmp_path, "model: {name: mil}\ntrain: {epochs: 7}\n"))
+    assert cfg.train.epochs == 7 and cfg.data.batch_size == 10 and cfg.pseudo is None
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(cfg.to_yaml())
+    assert load_run_config(saved) == cfg
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(WtalInputError, match="optim.learning_rate") as info:
+        resolve_config(_write(tmp_path, "optim: {learning_rate: 0.1}\n"))
+    assert "weight_decay" in str(info.value)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train: {epochs: ten}\n", "train.epochs"),
+    ("optim: {lr: -1.0}\n", "optim.lr"),
+    ("optim: {schedule: {type: step, milestones: [3], factors: [1.0]}}\n", "factors"),
+    ("train: {select: best}\n", "train.select"),
+    ("data: [1, 2]\n", "data"),
+    ("data: {val_fraction: 0.0}\n", "select"),
+])
+def test_invalid_values_are_input_errors(tmp_path, text, key):
+    with pytest.raises(WtalInputError, match=key.replace(".", r"\.")):
+        resolve_config(_write(tmp_path, text))
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(WtalInputError, match="not found"):
+        resolve_config(tmp_path / "nope.yaml")
+    with pytest.raises(WtalInputError, match="malformed YAML"):
+        resolve_config(_write(tmp_path, "model: {name: [\n"))
+
+
+def test_parse_override_values():
+    assert parse_override("optim.lr=1e-4") == (["optim", "lr"], 1e-4)
+    assert parse_override("optim.betas=[0.9, 0.99]") == (["optim", "betas"], [0.9, 0.99])
+    assert parse_override("train.select=last") == (["train", "select"], "last")
+    assert parse_override("optim.grad_clip=null") == (["optim", "grad_clip"], None)
+    assert parse_override("train.tensorboard=true") == (["train", "tensorboard"], True)
+    with pytest.raises(WtalInputError, match="KEY=VALUE"):
+        parse_override("optim.lr")
+
+
+def test_overrides_apply_and_reject_unknown_keys():
+    tree = RunConfig().to_dict()
+    out = apply_overrides(tree, ["optim.lr=0.5", "optim.schedule.type=step", "model.params.new_knob=3",
+                                 "pseudo.name=gaufuse", "postprocess.method=nms"])
+    assert out["optim"]["lr"] == 0.5 and out["optim"]["schedule"]["type"] == "step"
+    assert out["model"]["params"] == {"new_knob": 3}
+    assert out["pseudo"] == {"name": "gaufuse"} and out["postprocess"]["method"] == "nms"
+    assert tree["optim"]["lr"] == RunConfig().optim.lr  # input untouched
+    with pytest.raises(WtalInputError, match="optim.lrr") as info:
+        apply_overrides(tree, ["optim.lrr=1"])
+    assert "'lr'" in str(info.value) and "weight_decay" in str(info.value)
+    with pytest.raises(WtalInputError, match="unknown config key 'trian'"):
+        apply_overrides(tree, ["trian.epochs=3"])
+
+
+def test_is_epoch_key():
+    for key in ("epochs", "warmup_epoch", "warmup_epochs", "dist_epochs", "eval_every", "milestones"):
+        assert is_epoch_key(key)
+    for key in ("epoch_weight", "lr", "batch_size", "spl_weight", "epochsx"):
+        assert not is_epoch_key(key)
+
+
+def test_rescale_epochs_scales_every_boundary():
+    tree = RunConfig().to_dict()
+    tree["train"].update(epochs=200, eval_every=5)
+    tree["optim"].update(lr=5e-5)
+    tree["optim"]["schedule"].update(type="step", milestones=[80, 200, 245], factors=[1, 0.8, 0.4, 0.1],
+                                     warmup_epochs=2.5)
+    tree["model"]["params"] = {"warmup_epoch": 100, "spl_restore_epoch": None, "scale": 20.0, "dropout": 0.6}
+    tree["pseudo"] = {"name": "x", "dist_epochs": [200, 230, 245], "temperature": 0.02}
+    out = rescale_epochs(tree, 40)
+    assert out["train"]["epochs"] == 40 and out["train"]["eval_every"] == 1
+    assert out["optim"]["schedule"]["milestones"] == [16, 40, 49]
+    assert out["optim"]["schedule"]["warmup_epochs"] == pytest.approx(0.5)
+    assert out["model"]["params"] == {"warmup_epoch": 20, "spl_restore_epoch": None, "scale": 20.0, "dropout": 0.6}
+    assert out["pseudo"] == {"name": "x", "dist_epochs": [40, 46, 49], "temperature": 0.02}
+    assert out["optim"]["lr"] == 5e-5  # lr_scaling defaults to none
+    assert tree["train"]["epochs"] == 200  # input untouched
+
+
+def test_rescale_keeps_positive_boundaries_positive_and_can_lengthen():
+    tree = RunConfig().to_dict()
+    tree["train"].update(epochs=200, eval_every=5)
+    tree["model"]["params"] = {"warmup_epoch": 100, "start_epoch": 0}
+    out = rescale_epochs(tree, 2)
+    assert out["train"]["eval_every"] == 1 and out["model"]["params"] == {"warmup_epoch": 1, "start_epoch": 0}
+    longer = rescale_epochs(tree, 400)
+    assert longer["model"]["params"]["warmup_epoch"] == 200 and longer["train"]["eval_every"] == 10
+
+
+@pytest.mark.parametrize("rule, factor", [("linear", 5.0), ("sqrt", math.sqrt(5.0)), ("none", 1.0)])
+def test_short_schedule_learning_rate_rule(rule, factor):
+    tree = RunConfig().to_dict()
+    tree["train"]["epochs"] = 200
+    tree["optim"]["lr"] = 5e-5
+    tree["optim"]["short_schedule"] = {"lr_scaling": rule, "warmup_epochs": 3}
+    out = rescale_epochs(tree, 40)
+    assert out["optim"]["lr"] == pytest.approx(5e-5 * factor)
+    assert out["optim"]["schedule"]["warmup_epochs"] == 3  # in epochs of the short run, not rescaled
+    assert out["optim"]["short_schedule"]["warmup_epochs"] == 3
+    same = rescale_epochs(tree, 200)  # no compression: no lr change, no warm-up
+    assert same["optim"]["lr"] == 5e-5 and same["optim"]["schedule"]["warmup_epochs"] == 0
+
+
+def test_resolve_order_epochs_then_overrides_then_seed(tmp_path):
+    path = _write(tmp_path, "model: {name: rskp, params: {warmup_epoch: 100}}\ntrain: {epochs: 200}\n"
+                            "optim: {lr: 1.0e-4, short_schedule: {lr_scaling: linear}}\n")
+    cfg = resolve_config(path, epochs=40, overrides=["model.params.warmup_epoch=7"], seed=9, data_path="/d")
+    assert cfg.model.params["warmup_epoch"] == 7  # --set is literal, after rescaling
+    assert cfg.optim.lr == pytest.approx(5e-4) and cfg.train.seed == 9 and cfg.data.path == "/d"
+    cfg = resolve_config(path, epochs=40, overrides=["optim.lr=1e-3"])
+    assert cfg.optim.lr == 1e-3
+
+
+def test_learning_rate_schedules():
+    cfg = from_dict({"optim": {"lr": 1.0, "schedule": {"type": "step", "milestones": [80, 200],
+                                                         "factors": [1.0, 0.8, 0.1]}}})
+    # milestones are epoch indices where the next factor starts (GauFuse: E = e + 1 in (80, 200] -> 4e-5)
+    assert [learning_rate(cfg.optim, e, 10_000, 20) for e in (0, 79, 80, 199, 200, 300)] == \
+        [1.0, 1.0, 0.8, 0.8, 0.1, 0.1]
+    cfg = from_dict({"optim": {"lr": 2.0, "schedule": {"warmup_epochs": 2}}})
+    # 2 epochs of 5 steps: linear ramp over 10 steps, then constant
+    assert [learning_rate(cfg.optim, 0, s, 5) for s in (0, 4, 9, 10, 50)] == [0.2, 1.0, 2.0, 2.0, 2.0]
