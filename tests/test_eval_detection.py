@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import voc_interpolated_ap
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -15,20 +16,6 @@ from wtal.errors import WtalInputError
 from wtal.evaluation.detection import ACTIVITYNET_TIOU, THUMOS14_TIOU, DetectionReport, detection_map
 
 # --- plain reference: the official algorithm as loops, written from its description -----------------------
-
-
-def voc_interpolated_ap(tp: list[int], npos: int) -> float:
-    """Area under the precision envelope (VOC 2011), summed where recall changes."""
-    prec, rec, hits = [], [], 0
-    for k, t in enumerate(tp, start=1):
-        hits += t
-        prec.append(hits / k)
-        rec.append(hits / npos)
-    mprec = [0.0, *prec, 0.0]
-    mrec = [0.0, *rec, 1.0]
-    for i in range(len(mprec) - 2, -1, -1):
-        mprec[i] = max(mprec[i], mprec[i + 1])
-    return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
 
 
 def reference_anet_map(gt_rows, pred_rows, thresholds) -> tuple[list[float], list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import voc_interpolated_ap
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -14,18 +15,6 @@ from wtal.evaluation.detection import detection_map
 from wtal.evaluation.wtalc import detection_snippet_range, gt_snippet_range, wtalc_detection_map
 
 R = 25 / 16  # I3D snippets per second
-
-
-def voc_interpolated_ap(tp: list[int], npos: int) -> float:
-    prec, rec, hits = [], [], 0
-    for k, t in enumerate(tp, start=1):
-        hits += t
-        prec.append(hits / k)
-        rec.append(hits / npos)
-    mprec, mrec = [0.0, *prec, 0.0], [0.0, *rec, 1.0]
-    for i in range(len(mprec) - 2, -1, -1):
-        mprec[i] = max(mprec[i], mprec[i + 1])
-    return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
 
 
 def reference_wtalc_map(gt_rows, pred_rows, factor, thresholds, ambiguous=None, empty_class_zero=False):

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wtal.localize.fusion import (
+    copies_to_rows,
     fuse_by_class,
     fuse_instances,
     greedy_groups,
@@ -18,6 +19,9 @@ from wtal.localize.fusion import (
     rank_order,
     temporal_iou,
 )
+from wtal.localize.pipeline import REFERENCE_THRESHOLDS
+from wtal.localize.proposals import PowerMargin, track_proposals
+from wtal.localize.suppression import nms_by_class
 
 
 def _fuse(s, e, q, **kw):
@@ -199,6 +203,79 @@ def test_permutation_invariance(template, overlap):
                              weights_from=w[p], overlap=overlap)
         for a, b in zip(ref, got, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+# --- copies merged into one instance with a count ----------------------------------------------------------
+
+def test_a_count_weighs_like_that_many_copies():
+    # A [0,10) q 0.9 alone, B [2,12) q 0.5 twice: weights e^4.5 : 2 e^2.5 (T = 0.2)
+    s, e, q = _fuse([0, 2], [10, 12], [0.9, 0.5], count=[1, 2])
+    g_b = 2 * math.exp(2.5) / (math.exp(4.5) + 2 * math.exp(2.5))
+    assert len(s) == 1
+    assert s[0] == pytest.approx(2 * g_b)
+    assert e[0] == pytest.approx(10 * (1 - g_b) + 12 * g_b)
+    assert q[0] == pytest.approx(0.9 * (1 - g_b) + 0.5 * g_b)
+    copies = _fuse([0, 2, 2], [10, 12, 12], [0.9, 0.5, 0.5])
+    np.testing.assert_allclose(np.concatenate((s, e, q)), np.concatenate(copies), rtol=0, atol=1e-12)
+
+
+def test_copies_that_would_not_join_each_other_stay_apart():
+    s, e = np.array([0.0, 5.0, 7.0]), np.array([4.0, 5.0, 9.0])
+    origin, count = copies_to_rows([3, 2, 1], s, e, 0.5, "iou")  # [5, 5) is empty: IoU with itself is 0
+    assert origin.tolist() == [0, 1, 1, 2] and count.tolist() == [3, 1, 1, 1]
+    origin, count = copies_to_rows([3, 2, 1], s, e, 1.0, "reference")  # nothing overlaps by more than 1
+    assert origin.tolist() == [0, 0, 0, 1, 1, 2] and count.tolist() == [1] * 6
+    for bad in ([1, 0, 1], [1, 1.5, 1], [1, 1]):
+        with pytest.raises(ValueError, match="count"):
+            copies_to_rows(bad, s, e, 0.5)
+
+
+def _random_cas_tracks(rng, n_tracks=8):
+    """RSKP-scale columns, rounded so that some scores tie; thresholds find nested and repeated runs."""
+    lengths = rng.integers(20, 90, n_tracks)
+    smooth = [np.convolve(np.abs(rng.normal(0, 1, n + 4)), np.ones(5) / 5, mode="valid") for n in lengths]
+    values = np.round(np.concatenate(smooth) * 0.02, 3)
+    return values, lengths
+
+
+def _sorted_rows(p, rows=None, repeat=None) -> np.ndarray:
+    """Rows ``(track, start, end, score, inner)`` of ``p`` (those in ``rows``, ``repeat`` times each), sorted."""
+    table = np.stack(p[:5], axis=1)
+    table = table if rows is None else table[rows]
+    table = table if repeat is None else np.repeat(table, repeat, axis=0)
+    return table[np.lexsort(table.T)]
+
+
+@pytest.mark.parametrize("template", ["gaussian", "exponential", "uniform", "t"])
+def test_merged_copies_give_the_results_of_the_copies_on_random_cas(template):
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        values, lengths = _random_cas_tracks(rng)
+        options = dict(min_length=2, convention="reference", dedup=False)
+        copies = track_proposals(values, lengths, REFERENCE_THRESHOLDS, PowerMargin(), **options)
+        merged = track_proposals(values, lengths, REFERENCE_THRESHOLDS, PowerMargin(), merge_copies=True, **options)
+        assert np.all(copies.count == 1) and len(merged.track) < len(copies.track)
+        np.testing.assert_array_equal(_sorted_rows(merged, repeat=merged.count), _sorted_rows(copies))
+        for overlap in ("iou", "reference"):
+            for threshold, temperature in ((0.25, 0.2), (0.6, 0.0), (1.0, 0.2)):
+                kw = dict(temperature=temperature, iou_threshold=threshold, template=template, overlap=overlap,
+                          return_members=True)
+                *want, want_members = fuse_by_class(copies.track, copies.start, copies.end, copies.score,
+                                                    weights_from=copies.inner, **kw)
+                *got, got_members = fuse_by_class(merged.track, merged.start, merged.end, merged.score,
+                                                  weights_from=merged.inner, count=merged.count, **kw)
+                np.testing.assert_array_equal(got[0], want[0])
+                for a, b in zip(got[1:], want[1:], strict=True):
+                    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+                for got_m, want_m in zip(got_members, want_members, strict=True):  # the same copies in each group
+                    np.testing.assert_array_equal(_sorted_rows(merged, got_m), _sorted_rows(copies, want_m))
+                if template == "gaussian":  # NMS keeps the same instances
+                    want_keep = nms_by_class(copies.track, copies.start, copies.end, copies.score, threshold,
+                                             overlap=overlap)
+                    got_keep = nms_by_class(merged.track, merged.start, merged.end, merged.score, threshold,
+                                            overlap=overlap, count=merged.count)
+                    for a, b in zip(copies[:4], merged[:4], strict=True):
+                        np.testing.assert_array_equal(b[got_keep], a[want_keep])
 
 
 def test_vectorised_grouping_matches_the_stepwise_greedy_loop():

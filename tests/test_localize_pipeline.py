@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_benchmark
 
 from wtal.cli import main
 from wtal.data.timebase import snippets_to_seconds
@@ -20,17 +19,10 @@ from wtal.localize import (
     write_cas_file,
 )
 from wtal.localize.command import localize_command
-from wtal.localize.pipeline import REFERENCE_THRESHOLDS, localize_batch
+from wtal.localize.pipeline import REFERENCE_THRESHOLDS, localize_batch, suppress
+from wtal.localize.proposals import track_proposals
 
 CLASSES = ["Jump", "Run", "Swim"]
-
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_localize.py"
-    spec = importlib.util.spec_from_file_location("bench_localize", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _video(seed=0, n_t=120):
@@ -114,13 +106,34 @@ def test_bad_video_scores_raise_input_error_with_the_video():
 
 @pytest.mark.parametrize("preset", ["paper", "reference"])
 def test_matches_the_straightforward_implementation(preset):
-    bench = _bench()
+    bench = load_benchmark("bench_localize")
     cfg = LocalizeConfig.from_preset(preset)
     cas, scores = bench.synthetic_cas(seed=3)
     names = list(cas)[:12]
     cas, scores = {n: cas[n] for n in names}, {n: scores[n] for n in names}
     table = localize_videos(cas, scores, [f"class_{c}" for c in range(bench.N_CLASSES)], cfg, 1.5625)
     assert bench.compare(table, bench.slow_localize(cas, scores, cfg, 1.5625)).startswith("identical")
+
+
+@pytest.mark.parametrize("overrides", [{"method": "fusion"}, {"method": "fusion", "fuse_iou": 1.0},
+                                       {"method": "nms"}, {"method": "nms", "nms_iou": 1.0}, {"method": "soft-nms"}])
+def test_merging_identical_proposals_changes_no_result(overrides):
+    # the reference preset keeps each copy of a run found at several thresholds; the pipeline merges them
+    cfg = LocalizeConfig.from_preset("reference", class_threshold=0.0, **overrides)
+    rng = np.random.default_rng(2)
+    cas = [np.round(np.abs(rng.normal(0, 0.01, (n_t, 3))), 3) for n_t in (30, 75, 140)]
+    cas[1][20:35, 2] += 0.03
+    video, cls, start, end, score = localize_batch(cas, [None] * 3, cfg)
+    copies = track_proposals(np.concatenate([c.T.ravel() for c in cas]), np.repeat([len(c) for c in cas], 3),
+                             cfg.thresholds, cfg.outer_margin(), min_length=cfg.min_length, convention="reference",
+                             dedup=False)
+    assert len(copies.track) > len(np.unique(np.stack(copies[:3]), axis=1).T)  # there are copies to merge
+    track, *want = suppress(copies.track, copies.start, copies.end, copies.score, copies.inner, cfg)
+    want_video, want_cls = np.divmod(track, 3)  # track i * 3 + c is column c of video i
+    np.testing.assert_array_equal(video, want_video)
+    np.testing.assert_array_equal(cls, want_cls)
+    for got, expected in zip((start, end, score), want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
 # --- many videos, seconds ----------------------------------------------------------------------------

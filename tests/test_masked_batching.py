@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL_MODELS
 
 from wtal.data.batch import collate_videos
 from wtal.models import MODEL_NAMES, build_model
@@ -18,17 +19,6 @@ DIM, CLASSES = 32, 4
 LENGTHS = (5, 23, 40)
 NO_DROPOUT = {"rskp": {"dropout": 0.0}, "stpn": {}, "basnet": {"dropout": 0.0}, "wum": {"dropout": 0.0},
               "facnet": {"dropout": 0.0}, "mil": {"dropout": 0.0}}
-SMALL = {"basnet": {"hidden_dim": 24, "filter_hidden": 16}, "wum": {"hidden_dim": 24},
-         "stpn": {"attention_hidden": 16}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and avoids oversubscription on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _videos(seed: int):
@@ -40,7 +30,7 @@ def _videos(seed: int):
 
 def _model(name: str, params: dict) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model(name, DIM, CLASSES, **SMALL.get(name, {}), **params).double()
+    model = build_model(name, DIM, CLASSES, **SMALL_MODELS.get(name, {}), **params).double()
     if name == "rskp":  # a filled memory so that the memory branch is exercised after warm-up
         model.memory.normal_()
         model.memory_scores.uniform_()

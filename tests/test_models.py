@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL_MODELS
 
 from wtal.data.batch import Batch, collate_videos
 from wtal.errors import WtalInputError
@@ -25,17 +26,6 @@ from wtal.models.masked import (
 from wtal.models.rskp import propagate, propagate_dense, responsibilities
 
 DIM, CLASSES = 32, 4
-SMALL = {"basnet": {"hidden_dim": 24, "filter_hidden": 16}, "wum": {"hidden_dim": 24},
-         "stpn": {"attention_hidden": 16}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and avoids oversubscription on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _batch(lengths=(6, 17, 11), seed=0, dim=DIM, scale=1.0) -> Batch:
@@ -48,7 +38,7 @@ def _batch(lengths=(6, 17, 11), seed=0, dim=DIM, scale=1.0) -> Batch:
 
 def _model(name, **params):
     torch.manual_seed(0)
-    return build_model(name, DIM, CLASSES, **{**SMALL.get(name, {}), **params})
+    return build_model(name, DIM, CLASSES, **{**SMALL_MODELS.get(name, {}), **params})
 
 
 # ------------------------------------------------------------------------------------------- masked ops

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import load_benchmark
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,14 +18,6 @@ from wtal.localize.proposals import (
 )
 
 CAS = np.array([0.0, 0.5, 0.6, 0.1, 0.0, 0.8, 0.9, 0.7, 0.0])
-
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_localize.py"
-    spec = importlib.util.spec_from_file_location("bench_localize", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_paper_convention_hand_case():
@@ -144,7 +134,7 @@ def test_class_proposals_equal_per_column_calls():
 
 @pytest.mark.parametrize("preset", ["paper", "reference"])
 def test_matches_a_per_snippet_loop(preset):
-    slow_proposals = _bench().slow_proposals
+    slow_proposals = load_benchmark("bench_localize").slow_proposals
     cfg = LocalizeConfig.from_preset(preset)
     rng = np.random.default_rng(1)
     for n_t in (1, 2, 5, 40, 300):

@@ -91,12 +91,7 @@ def detection_map(gt: SegmentTable, pred: SegmentTable, thresholds: Sequence[flo
     thr = check_thresholds(thresholds)
     check_segments(gt, "ground truth")
     check_segments(pred, "detections")
-    pred_label = labels_in(pred, gt.classes)
-    eval_classes = np.unique(gt.label)
-    cls_index = np.full(len(gt.classes), -1, dtype=np.int64)
-    cls_index[eval_classes] = np.arange(len(eval_classes))
-    gt_cls = cls_index[gt.label]
-    det_cls = cls_index[pred_label]
+    eval_classes, gt_cls, det_cls = evaluated_classes(gt, pred)
     keep = det_cls >= 0  # classes without ground truth in the subset are not evaluated
     det_cls = det_cls[keep]
     det_start, det_end, det_score = pred.start[keep], pred.end[keep], pred.score[keep]
@@ -153,6 +148,19 @@ def check_segments(table: SegmentTable, what: str, path=None) -> None:
     if len(table) and (table.label.min() < 0 or table.label.max() >= len(table.classes)):
         raise WtalInputError(f"{what}: label index outside the class list of {len(table.classes)} classes",
                              path=path, fix="build the table with labels that index its class list")
+
+
+def evaluated_classes(gt: SegmentTable, pred: SegmentTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The classes with ground truth, and each ground-truth and detection row's index among them (-1: none).
+
+    Returns ``(eval_classes, gt_cls, det_cls)``; ``eval_classes`` index ``gt.classes``, detections are matched
+    to them by class name.
+    """
+    pred_label = labels_in(pred, gt.classes)
+    eval_classes = np.unique(gt.label)
+    cls_index = np.full(len(gt.classes), -1, dtype=np.int64)
+    cls_index[eval_classes] = np.arange(len(eval_classes))
+    return eval_classes, cls_index[gt.label], cls_index[pred_label]
 
 
 def labels_in(pred: SegmentTable, classes: Sequence[str], path=None) -> np.ndarray:

@@ -39,10 +39,10 @@ from wtal.evaluation.detection import (
     check_segments,
     check_thresholds,
     class_aps,
+    evaluated_classes,
     greedy_match,
     group_keys,
     interval_iou,
-    labels_in,
     video_ids,
 )
 
@@ -95,17 +95,13 @@ def wtalc_detection_map(gt: SegmentTable, pred: SegmentTable, snippets_per_secon
     thr = check_thresholds(thresholds)
     check_segments(gt, "ground truth")
     check_segments(pred, "detections")
-    pred_label = labels_in(pred, gt.classes)
-    eval_classes = np.unique(gt.label)
-    cls_index = np.full(len(gt.classes), -1, dtype=np.int64)
-    cls_index[eval_classes] = np.arange(len(eval_classes))
-    gt_cls = cls_index[gt.label]
+    eval_classes, gt_cls, det_cls = evaluated_classes(gt, pred)
     gt_vid, det_vid = video_ids(gt.video, pred.video)
     det_start, det_end = detection_snippet_range(pred.start, pred.end, snippets_per_second)
-    keep = (cls_index[pred_label] >= 0) & (det_vid >= 0)
+    keep = (det_cls >= 0) & (det_vid >= 0)
     if ambiguous:
         keep &= ~ambiguous_mask(pred.video, det_start, det_end, ambiguous, snippets_per_second)
-    det_cls, det_vid = cls_index[pred_label][keep], det_vid[keep]
+    det_cls, det_vid = det_cls[keep], det_vid[keep]
     det_start, det_end, det_score = det_start[keep], det_end[keep], pred.score[keep]
     gt_start, gt_end = gt_snippet_range(gt.start, gt.end, snippets_per_second)
 

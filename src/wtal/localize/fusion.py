@@ -29,6 +29,12 @@ Numerics: weights use a max-shifted exponent (log-sum-exp), everything is float6
 Ties in the ranking are broken by a content-based rule, so the result does not depend on the input order:
 higher score first, then smaller start, smaller end, larger weight. (The reference code sorts with numpy's
 unstable quicksort, whose order among equal scores is unspecified.)
+
+Copies. The reference keeps identical proposals found at several thresholds, and each copy counts. A row may
+stand for ``count`` identical copies instead: a copy overlaps itself fully, so (for a threshold below that
+overlap) all copies join the same group, and the row's softmax weight becomes ``count * exp(w / T)``. Copies
+are adjacent in the ranking and never seed a group of their own, so groups, seeds and the output order are
+those of the expanded input; only the number of overlapping pairs shrinks.
 """
 
 from __future__ import annotations
@@ -66,21 +72,37 @@ def overlap_with(s0, e0, start, end, kind: str = "iou") -> np.ndarray:
 def rank_order(score, start, end, weight, category=None) -> np.ndarray:
     """Indices by category, then descending score; ties by smaller start, smaller end, larger weight.
 
-    The rule depends only on the values, never on the input order.
+    The rule depends only on the values, never on the input order (exact copies keep their input order).
     """
     score = np.asarray(score)
-    order = np.lexsort((-score,) if category is None else (-score, np.asarray(category)))
+    order = np.argsort(-score)  # unstable and fast: equal scores are settled below
+    if category is not None:
+        category = np.asarray(category)
+        order = order[_stable_argsort(category[order])]
     tied = score[order][1:] == score[order][:-1]
     if category is not None:
-        tied &= np.asarray(category)[order][1:] == np.asarray(category)[order][:-1]
-    if tied.any():  # ties between exact copies (the reference keeps duplicate proposals) need no tie-break
-        tied &= ((np.asarray(start)[order][1:] != np.asarray(start)[order][:-1])
-                 | (np.asarray(end)[order][1:] != np.asarray(end)[order][:-1])
-                 | (np.asarray(weight)[order][1:] != np.asarray(weight)[order][:-1]))
-    if not tied.any():  # the usual case: the tie-breaking keys would not change anything
+        tied &= category[order][1:] == category[order][:-1]
+    if not tied.any():  # the usual case
         return order
-    keys = (-np.asarray(weight), np.asarray(end), np.asarray(start), -score)
-    return np.lexsort(keys if category is None else (*keys, np.asarray(category)))
+    # Sort only the runs of equal (category, score) by the tie-breaking keys; the runs keep their places.
+    in_run = np.zeros(len(order), dtype=bool)
+    in_run[1:] |= tied
+    in_run[:-1] |= tied
+    at = np.flatnonzero(in_run)
+    run = np.cumsum(np.concatenate([[True], ~tied]))[at]
+    members = order[at]
+    keys = (members, -np.asarray(weight)[members], np.asarray(end)[members], np.asarray(start)[members], run)
+    order[at] = members[np.lexsort(keys)]
+    return order
+
+
+def _stable_argsort(values: np.ndarray) -> np.ndarray:
+    """Stable argsort of integers; a radix sort when their range fits in 16 bits."""
+    if len(values) and np.issubdtype(values.dtype, np.integer):
+        low = values.min()
+        if int(values.max()) - int(low) < 2**16:
+            return np.argsort((values - low).astype(np.uint16), kind="stable")
+    return np.argsort(values, kind="stable")
 
 
 def greedy_groups(start: np.ndarray, end: np.ndarray, threshold: float, overlap: str = "iou",
@@ -221,26 +243,43 @@ def greedy_groups_stepwise(start: np.ndarray, end: np.ndarray, threshold: float,
     return label
 
 
+def copies_to_rows(count, start, end, threshold: float, overlap: str = "iou") -> tuple[np.ndarray, np.ndarray]:
+    """``(origin, count)`` of the rows to process for instances standing for ``count`` identical copies each.
+
+    A merged instance acts exactly like its copies when a copy overlaps it by more than ``threshold`` (then all
+    copies fall into one group). Where it does not (``threshold >= 1``, or an empty interval under IoU), its
+    copies are given back as separate rows of count 1. ``origin`` indexes the input instances.
+    """
+    count = np.asarray(count).reshape(-1)
+    if len(count) != len(start) or not np.all((count >= 1) & (count == np.floor(count))):
+        raise ValueError("count must hold one whole number >= 1 per instance")
+    count = count.astype(np.int64)
+    apart = overlap_with(start, end, start, end, overlap) <= threshold
+    origin = np.repeat(np.arange(len(count)), np.where(apart, count, 1))
+    return origin, np.where(apart, 1, count)[origin]
+
+
 def fuse_instances(start, end, score, *, temperature: float, iou_threshold: float,
                    template: str = "gaussian", weights_from=None, overlap: str = "iou", dof: float = 3.0,
-                   return_members: bool = False):
+                   count=None, return_members: bool = False):
     """Fuse overlapping instances of one class; returns ``(start, end, score)`` sorted by fused score.
 
     ``score`` ranks the instances and is fused like the boundaries. ``weights_from`` (default: ``score``)
     gives the softmax logits; the reference preset passes the inner score here. ``overlap`` is ``iou``
-    (paper) or ``reference`` (see :func:`overlap_with`). With ``return_members`` a fourth item lists, per
-    output, the indices of the input instances fused into it.
+    (paper) or ``reference`` (see :func:`overlap_with`). ``count`` (default: all 1) is the number of identical
+    copies each instance stands for (see the module docstring). With ``return_members`` a fourth item lists,
+    per output, the indices of the input instances fused into it (an index once per copy).
     """
     n = len(np.asarray(score).reshape(-1))
     _, *result = fuse_by_class(np.zeros(n, dtype=np.int64), start, end, score, temperature=temperature,
                                iou_threshold=iou_threshold, template=template, weights_from=weights_from,
-                               overlap=overlap, dof=dof, return_members=return_members)
+                               overlap=overlap, dof=dof, count=count, return_members=return_members)
     return tuple(result)
 
 
 def fuse_by_class(cls, start, end, score, *, temperature: float, iou_threshold: float,
                   template: str = "gaussian", weights_from=None, overlap: str = "iou", dof: float = 3.0,
-                  return_members: bool = False):
+                  count=None, return_members: bool = False):
     """:func:`fuse_instances` for instances of several classes at once (each class fused on its own).
 
     Returns ``(cls, start, end, score)`` ordered by class, then descending fused score (plus the members
@@ -254,6 +293,10 @@ def fuse_by_class(cls, start, end, score, *, temperature: float, iou_threshold: 
         raise ValueError(f"unknown template {template!r}; use one of {TEMPLATES}")
     if overlap not in OVERLAPS:
         raise ValueError(f"unknown overlap {overlap!r}; use one of {OVERLAPS}")
+    origin = None
+    if count is not None:
+        origin, count = copies_to_rows(count, s, e, iou_threshold, overlap)
+        c, s, e, q, w = c[origin], s[origin], e[origin], q[origin], w[origin]
     if not len(q):
         empty = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
         return (*empty, []) if return_members else empty
@@ -263,7 +306,7 @@ def fuse_by_class(cls, start, end, score, *, temperature: float, iou_threshold: 
     sizes = np.bincount(label)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     group = np.repeat(np.arange(len(sizes)), sizes)
-    g = group_softmax(w[by_group], group, bounds, temperature)
+    g = group_softmax(w[by_group], group, bounds, temperature, None if count is None else count[by_group])
     values = np.stack([s[by_group], e[by_group], q[by_group]])
     fused = fit_template(values, g, bounds, template, dof)
     # rounding in the weight normalisation may step an ulp outside the members' range: clip it back
@@ -275,18 +318,28 @@ def fuse_by_class(cls, start, end, score, *, temperature: float, iou_threshold: 
     out = np.lexsort((-fused[2], fused_cls))  # stable: equal scores keep seed order
     result = (fused_cls[out], fused[0, out], fused[1, out], fused[2, out])
     if return_members:
-        return (*result, [by_group[bounds[j]:bounds[j + 1]] for j in out])
+        if origin is None:
+            members = by_group
+        else:  # an input index once per copy it stands for
+            members = np.repeat(origin[by_group], count[by_group])
+            bounds = np.concatenate([[0], np.cumsum(np.add.reduceat(count[by_group], bounds[:-1]))])
+        return (*result, [members[bounds[j]:bounds[j + 1]] for j in out])
     return result
 
 
-def group_softmax(logits: np.ndarray, group: np.ndarray, bounds: np.ndarray,
-                  temperature: float) -> np.ndarray:
-    """``softmax(logits / T)`` within each contiguous group, max-shifted; ``T = 0``: the ``T -> 0`` limit."""
+def group_softmax(logits: np.ndarray, group: np.ndarray, bounds: np.ndarray, temperature: float,
+                  count: np.ndarray | None = None) -> np.ndarray:
+    """``softmax(logits / T)`` within each contiguous group, max-shifted; ``T = 0``: the ``T -> 0`` limit.
+
+    An entry with ``count`` k weighs as k copies: ``k * exp(logit / T)`` before normalising.
+    """
     top = np.maximum.reduceat(logits, bounds[:-1])[group]
     if temperature == 0:
         g = (logits == top).astype(np.float64)
     else:
         g = np.exp((logits - top) / temperature)
+    if count is not None:
+        g = g * count
     return g / np.add.reduceat(g, bounds[:-1])[group]
 
 

@@ -201,25 +201,31 @@ def localize_batch(cas: Sequence[np.ndarray], video_scores: Sequence[np.ndarray 
     props = track_proposals(np.concatenate(columns), lengths, cfg.thresholds, cfg.outer_margin(),
                             relative=cfg.threshold_mode == "relative", min_length=cfg.min_length,
                             track_scores=np.concatenate(track_score), gamma=cfg.score_gamma,
-                            convention=cfg.preset, dedup=cfg.dedup)
-    track, start, end, score = suppress(props.track, props.start, props.end, props.score, props.inner, cfg)
+                            convention=cfg.preset, dedup=cfg.dedup, merge_copies=True)
+    track, start, end, score = suppress(props.track, props.start, props.end, props.score, props.inner, cfg,
+                                        props.count)
     video = np.concatenate(track_video).astype(np.int64)[track]
     cls = np.concatenate(track_class).astype(np.int64)[track]
     return video, cls, start, end, score
 
 
-def suppress(cls, start, end, score, inner, cfg: LocalizeConfig):
+def suppress(cls, start, end, score, inner, cfg: LocalizeConfig, count=None):
     """Proposals of several classes -> ``(cls, start, end, score)`` by ``cfg.method``, each class on its own.
 
-    Ordered by class, then descending score.
+    Ordered by class, then descending score. ``count`` (default: all 1) is the number of identical copies
+    each proposal stands for; the result is that of the copies listed one by one.
     """
     if cfg.method == "fusion":
         weights = inner if cfg.fusion_weights == "inner" else None
         return fuse_by_class(cls, start, end, score, temperature=cfg.temperature, iou_threshold=cfg.fuse_iou,
-                             template=cfg.template, weights_from=weights, overlap=cfg.overlap, dof=cfg.t_dof)
+                             template=cfg.template, weights_from=weights, overlap=cfg.overlap, dof=cfg.t_dof,
+                             count=count)
     if cfg.method == "nms":
-        keep = nms_by_class(cls, start, end, score, cfg.nms_iou, overlap=cfg.overlap)
+        keep = nms_by_class(cls, start, end, score, cfg.nms_iou, overlap=cfg.overlap, count=count)
         return cls[keep], start[keep], end[keep], score[keep]
+    if count is not None:  # soft-NMS decays each copy on its own: list them one by one
+        copies = np.repeat(np.arange(len(cls)), count)
+        cls, start, end, score = cls[copies], start[copies], end[copies], score[copies]
     parts = []
     for c in np.unique(cls):  # soft-NMS rescoring is sequential by nature: one loop per class
         mine = cls == c

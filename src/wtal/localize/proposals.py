@@ -16,7 +16,8 @@ Two conventions:
 * ``reference``: the public GauFuse / RSKP code (reference-notes §3.4, §9.3): ``inner`` also covers the
   snippet after the run, ``[s, min(e + 1, T))``; ``outer`` is the mean over ``[os, s) U [min(e + 1, T), oe)``
   with ``os = max(0, trunc(s - m))``, ``oe = min(T - 1, trunc(e + m + 1))``; the stored end is ``e + 1``;
-  no de-duplication.
+  no de-duplication: each copy counts. With ``merge_copies`` the copies come back as one row whose ``count``
+  is their number, which suppression treats exactly like the copies but with far fewer overlapping pairs.
 
 ``score = inner - outer + gamma * video_score``.
 """
@@ -62,13 +63,17 @@ class Proposals(NamedTuple):
 
 
 class TrackProposals(NamedTuple):
-    """Proposals of many CAS columns ("tracks"): ``track`` indexes them, positions are within the track."""
+    """Proposals of many CAS columns ("tracks"): ``track`` indexes them, positions are within the track.
+
+    ``count`` (int64) is how many identical copies a row stands for: 1 unless ``merge_copies`` merged them.
+    """
 
     track: np.ndarray
     start: np.ndarray
     end: np.ndarray
     score: np.ndarray
     inner: np.ndarray
+    count: np.ndarray
 
 
 def multi_threshold_proposals(cas_1d, thresholds, margin=LinearMargin(), *, relative: bool = False,
@@ -99,11 +104,13 @@ def class_proposals(cas, thresholds, margin=LinearMargin(), *, video_scores=None
 
 def track_proposals(values, lengths, thresholds, margin=LinearMargin(), *, relative: bool = False,
                     min_length: int = 2, track_scores=None, gamma: float = 0.0, convention: str = "paper",
-                    dedup: bool | None = None) -> TrackProposals:
+                    dedup: bool | None = None, merge_copies: bool = False) -> TrackProposals:
     """Proposals of many CAS columns at once: ``values`` holds the columns end to end, ``lengths`` their sizes.
 
     Batching every (video, class) column of a data set into one call keeps the number of numpy calls
-    independent of the number of videos. ``track_scores`` (one per track) feed the ``gamma`` term.
+    independent of the number of videos. ``track_scores`` (one per track) feed the ``gamma`` term. Without
+    ``dedup``, ``merge_copies`` returns identical ``(track, start, end)`` runs once with their number in
+    ``count``; rows are then ordered by track, start and end.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown proposal convention {convention!r}; use one of {CONVENTIONS}")
@@ -140,10 +147,13 @@ def track_proposals(values, lengths, thresholds, margin=LinearMargin(), *, relat
     end = run_end % padded_len - padded_first[track]
     long_enough = end - start >= max(int(min_length), 1)
     track, start, end = track[long_enough], start[long_enough], end[long_enough]
-    if dedup and len(track):
+    count = np.ones(len(track), dtype=np.int64)
+    if (dedup or merge_copies) and len(track):
         span = int(lengths.max()) + 2
-        first_copy = np.unique((track * span + start) * span + end, return_index=True)[1]
+        _, first_copy, copies = np.unique((track * span + start) * span + end, return_index=True,
+                                          return_counts=True)
         track, start, end = track[first_copy], start[first_copy], end[first_copy]
+        count = np.ones(len(track), dtype=np.int64) if dedup else copies.astype(np.int64)
 
     csum = np.concatenate([[0.0], np.cumsum(values)])
     base = first[track]
@@ -167,4 +177,4 @@ def track_proposals(values, lengths, thresholds, margin=LinearMargin(), *, relat
     if gamma and track_scores is not None:
         score = score + gamma * np.asarray(track_scores, dtype=np.float64).reshape(-1)[track]
     return TrackProposals(track.astype(np.int64), start.astype(np.float64), stored_end.astype(np.float64),
-                          score, inner)
+                          score, inner, count)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wtal.localize.fusion import greedy_groups, overlap_with, rank_order
+from wtal.localize.fusion import copies_to_rows, greedy_groups, overlap_with, rank_order
 
 
 def nms(start, end, score, iou_threshold: float, *, overlap: str = "iou") -> np.ndarray:
@@ -18,17 +18,26 @@ def nms(start, end, score, iou_threshold: float, *, overlap: str = "iou") -> np.
     return nms_by_class(np.zeros(len(q), dtype=np.int64), s, e, q, iou_threshold, overlap=overlap)
 
 
-def nms_by_class(cls, start, end, score, iou_threshold: float, *, overlap: str = "iou") -> np.ndarray:
-    """:func:`nms` within each class at once; kept indices ordered by class, then descending score."""
+def nms_by_class(cls, start, end, score, iou_threshold: float, *, overlap: str = "iou",
+                 count=None) -> np.ndarray:
+    """:func:`nms` within each class at once; kept indices ordered by class, then descending score.
+
+    ``count`` (default: all 1) is the number of identical copies each instance stands for; a kept instance
+    whose copies would survive it too (``iou_threshold >= 1``) is listed once per copy.
+    """
     s, e, q = _as_arrays(start, end, score)
     c = np.asarray(cls, dtype=np.int64).reshape(-1)
     if len(c) != len(q) or not np.isfinite(iou_threshold):
         raise ValueError("cls must match the instances and the IoU threshold must be finite")
+    origin = np.arange(len(q))
+    if count is not None:  # copies that suppress each other act as one instance
+        origin, _ = copies_to_rows(count, s, e, iou_threshold, overlap)
+        c, s, e, q = c[origin], s[origin], e[origin], q[origin]
     rank = rank_order(q, s, e, np.zeros_like(q), c)
     label = greedy_groups(s[rank], e[rank], iou_threshold, overlap, c[rank])
     seed = np.ones(len(label), dtype=bool)  # a group's seed is its first member in rank order
     seed[1:] = label[1:] > np.maximum.accumulate(label)[:-1]
-    return rank[seed].astype(np.int64)
+    return origin[rank[seed]].astype(np.int64)
 
 
 def soft_nms(start, end, score, sigma: float = 0.5, *, method: str = "gaussian", iou_threshold: float = 0.3,

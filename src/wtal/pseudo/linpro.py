@@ -118,6 +118,11 @@ class LinProConfig:
         base.update(overrides)
         return cls(**base)
 
+    @property
+    def snippet_bound(self) -> float:
+        """``upper_bound`` as a number (``inf`` when there is none)."""
+        return math.inf if self.upper_bound is None else float(self.upper_bound)
+
     def margin_of(self, length: np.ndarray) -> np.ndarray:
         """Outer margin (snippets) for instance lengths ``length`` (float64 array)."""
         margin = self.margin
@@ -314,18 +319,24 @@ def _equivalence_classes(T: int, r: _Ranges) -> tuple[np.ndarray, np.ndarray, np
     return signature, class_of_piece.reshape(-1), piece_length
 
 
+def _class_inputs(T: int, start: Any, end: Any, score: Any, cfg: LinProConfig | None,
+                  stats: LinProStats | None) -> tuple[LinProConfig, LinProStats, tuple[np.ndarray, ...]]:
+    """The defaults for ``cfg`` and ``stats``, and the checked instances ``(s, e, q)`` of one class."""
+    cfg = cfg or LinProConfig()
+    stats = stats if stats is not None else LinProStats()
+    return cfg, stats, _check_instances(T, start, end, score)
+
+
 def solve_class(T: int, start: Any, end: Any, score: Any, cfg: LinProConfig | None = None,
                 stats: LinProStats | None = None) -> np.ndarray:
     """LinPro label (T,) float64 of one class via the equivalence-class reduced LP (see module docstring)."""
-    cfg = cfg or LinProConfig()
-    stats = stats if stats is not None else LinProStats()
-    s, e, q = _check_instances(T, start, end, score)
+    cfg, stats, (s, e, q) = _class_inputs(T, start, end, score, cfg, stats)
     if s.size == 0:
         return np.zeros(T)
     signature, class_of_piece, piece_length = _equivalence_classes(T, _ranges(T, s, e, cfg))
     size = np.bincount(class_of_piece, weights=piece_length, minlength=len(signature))
     active = np.any(signature != 0, axis=1)  # signature-0 classes are 0 at every optimum
-    ub = np.inf if cfg.upper_bound is None else cfg.upper_bound
+    ub = cfg.snippet_bound
     mass = np.zeros(len(signature))
     mass[active] = _solve_masses(signature[active].T.astype(np.float64), q, size[active] * ub, cfg, stats)
     value = mass / size
@@ -335,13 +346,11 @@ def solve_class(T: int, start: Any, end: Any, score: Any, cfg: LinProConfig | No
 def solve_class_dense(T: int, start: Any, end: Any, score: Any, cfg: LinProConfig | None = None,
                       stats: LinProStats | None = None) -> np.ndarray:
     """Reference approach: the LP over all T snippets (HiGHS), then averaging within equivalent snippets."""
-    cfg = cfg or LinProConfig()
-    stats = stats if stats is not None else LinProStats()
-    s, e, q = _check_instances(T, start, end, score)
+    cfg, stats, (s, e, q) = _class_inputs(T, start, end, score, cfg, stats)
     if s.size == 0:
         return np.zeros(T)
     W = _signs_at(np.arange(T), _ranges(T, s, e, cfg)).T.astype(np.float64)
-    ub = np.inf if cfg.upper_bound is None else cfg.upper_bound
+    ub = cfg.snippet_bound
     g = _solve_masses(W, q, np.full(T, ub), cfg, stats)
     _, snippet_class = np.unique(W.T, axis=0, return_inverse=True)
     snippet_class = snippet_class.reshape(-1)
