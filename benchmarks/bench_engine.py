@@ -1,13 +1,20 @@
-"""Engine throughput: padded whole-video batches vs one video at a time (the reference repositories' loop).
+"""Engine throughput: padded batches vs one video at a time (the reference repositories' loop).
 
 For each model, on the same synthetic THUMOS-like videos and the same weights:
 
-- training: ``batch`` videos per optimiser step, either as one padded batch (one forward/backward) or one
-  video at a time with gradient accumulation (one forward/backward per video, as RS/GF/MM do);
-- inference: length-sorted padded batches of ``eval_batch`` videos vs one video at a time;
-- equal losses: the summed per-video losses of both paths (dropout off) must agree.
+- training: ``batch`` videos per optimiser step, run as the engine does (length-sorted micro-batches of at
+  most ``--max-snippets`` padded snippets, :func:`wtal.engine.rundata.plan_micro_batches`), as one batch
+  padded to the step's longest video (the engine before micro-batches), or one video at a time with
+  gradient accumulation (one forward/backward per video, as RS/GF/MM do);
+- inference: length-sorted batches of at most ``eval_batch`` videos and ``--max-snippets`` padded
+  snippets (the engine's ``length_sorted_batches``) vs one video at a time;
+- equal losses: the per-video losses of the engine's micro-batches and of single videos (dropout off).
+
+Times are process CPU seconds (``time.process_time``, best of ``--repeats``), so other jobs on a shared
+machine disturb them less than wall time; with ``--threads 1`` CPU time is the single-core wall time.
 
 Usage: python benchmarks/bench_engine.py [--dim 256] [--videos 60] [--models mil,rskp,...] [--threads N]
+       [--max-snippets N]
 Prints one table row per model: snippets/s of each path, the speed-ups and the largest loss difference.
 """
 
@@ -24,52 +31,56 @@ from wtal.data.batch import collate_videos
 from wtal.data.dataset import VideoDataset
 from wtal.data.sources import open_source
 from wtal.data.synthetic import SynthConfig, write_synthetic
-from wtal.engine.rundata import length_sorted_batches
+from wtal.engine.rundata import default_max_snippets, length_sorted_batches, plan_micro_batches
 from wtal.models.factory import build_model
 
 
-def _train_pass(model, optimizer, items, batch: int, batched: bool) -> float:
+def _chunks(group, mode: str, max_snippets: int):
+    if mode == "micro":
+        return [[group[k] for k in g] for g in plan_micro_batches([it[0].shape[0] for it in group], max_snippets)]
+    return [group] if mode == "padded" else [[it] for it in group]
+
+
+def _train_pass(model, optimizer, items, batch: int, mode: str, max_snippets: int) -> float:
     model.train()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for start in range(0, len(items), batch):
-        group = items[start : start + batch]
-        chunks = [group] if batched else [[it] for it in group]
-        for chunk in chunks:
+        for chunk in _chunks(items[start : start + batch], mode, max_snippets):
             b = collate_videos(chunk)
             out = model(b.features, b.mask)
             model.losses(out, b.labels, b.mask, 0)["total"].sum().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 @torch.no_grad()
-def _infer_pass(model, dataset, eval_batch: int, batched: bool) -> float:
+def _infer_pass(model, dataset, eval_batch: int, batched: bool, max_snippets: int) -> float:
     model.eval()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     if batched:
-        for b in length_sorted_batches(dataset, eval_batch, torch.device("cpu")):
+        for b in length_sorted_batches(dataset, eval_batch, torch.device("cpu"), max_snippets=max_snippets):
             model.localization_scores(model(b.features, b.mask), b.mask)
     else:
         for i in range(len(dataset)):
             b = collate_videos([dataset[i]])
             model.localization_scores(model(b.features, b.mask), b.mask)
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 @torch.no_grad()
-def _loss_difference(model, items, batch: int) -> float:
-    """Max |batched - per-video| total loss (eval mode: no dropout)."""
+def _loss_difference(model, items, batch: int, max_snippets: int) -> float:
+    """Max |micro-batched - per-video| total loss (eval mode: no dropout)."""
     model.eval()
     worst = 0.0
     for start in range(0, len(items), batch):
-        group = items[start : start + batch]
-        b = collate_videos(group)
-        batched = model.losses(model(b.features, b.mask), b.labels, b.mask, 0)["total"]
-        for j, it in enumerate(group):
-            s = collate_videos([it])
-            single = model.losses(model(s.features, s.mask), s.labels, s.mask, 0)["total"][0]
-            worst = max(worst, abs(float(batched[j] - single)))
+        for chunk in _chunks(items[start : start + batch], "micro", max_snippets):
+            b = collate_videos(chunk)
+            batched = model.losses(model(b.features, b.mask), b.labels, b.mask, 0)["total"]
+            for j, it in enumerate(chunk):
+                s = collate_videos([it])
+                single = model.losses(model(s.features, s.mask), s.labels, s.mask, 0)["total"][0]
+                worst = max(worst, abs(float(batched[j] - single)))
     return worst
 
 
@@ -82,6 +93,8 @@ def main() -> None:
     p.add_argument("--eval-batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2, help="timed passes (the best is kept)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-snippets", type=int, default=None,
+                   help="padded snippets per pass (default: the engine's default_max_snippets(dim))")
     p.add_argument("--data", default=None, help="existing feature source (default: generate one)")
     args = p.parse_args()
     if args.threads:
@@ -96,24 +109,26 @@ def main() -> None:
     train = VideoDataset(source, ann.names("validation"), "both", cache=True)
     test = VideoDataset(source, ann.names("test"), "both", cache=True)
     items = [train[i] for i in range(len(train))]
+    budget = args.max_snippets or default_max_snippets(train.feature_dim)
     n_train = sum(it[0].shape[0] for it in items)
     n_test = sum(test[i][0].shape[0] for i in range(len(test)))
     print(f"data: {len(train)} train videos ({n_train} snippets), {len(test)} test videos ({n_test} snippets), "
-          f"dim {train.feature_dim}, {len(ann.classes)} classes; torch threads {torch.get_num_threads()}")
-    header = (f"{'model':<8} {'train batched':>14} {'train 1-by-1':>13} {'speed-up':>9} "
+          f"dim {train.feature_dim}, {len(ann.classes)} classes; torch threads {torch.get_num_threads()}; "
+          f"max {budget} padded snippets per pass; CPU-time snippets/s")
+    header = (f"{'model':<8} {'train micro':>12} {'train padded':>13} {'train 1-by-1':>13} {'speed-up':>9} "
               f"{'infer batched':>14} {'infer 1-by-1':>13} {'speed-up':>9} {'max |dloss|':>12}")
     print(header)
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = build_model(name, train.feature_dim, len(ann.classes))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
-        diff = _loss_difference(model, items, args.batch)
-        _train_pass(model, optimizer, items[: args.batch], args.batch, True)  # warm-up
-        tb = min(_train_pass(model, optimizer, items, args.batch, True) for _ in range(args.repeats))
-        ts = min(_train_pass(model, optimizer, items, args.batch, False) for _ in range(args.repeats))
-        ib = min(_infer_pass(model, test, args.eval_batch, True) for _ in range(args.repeats))
-        is_ = min(_infer_pass(model, test, args.eval_batch, False) for _ in range(args.repeats))
-        print(f"{name:<8} {n_train / tb:>12.0f}/s {n_train / ts:>11.0f}/s {ts / tb:>8.2f}x "
+        diff = _loss_difference(model, items, args.batch, budget)
+        _train_pass(model, optimizer, items[: args.batch], args.batch, "micro", budget)  # warm-up
+        tb, tp, ts = (min(_train_pass(model, optimizer, items, args.batch, mode, budget)
+                          for _ in range(args.repeats)) for mode in ("micro", "padded", "single"))
+        ib = min(_infer_pass(model, test, args.eval_batch, True, budget) for _ in range(args.repeats))
+        is_ = min(_infer_pass(model, test, args.eval_batch, False, budget) for _ in range(args.repeats))
+        print(f"{name:<8} {n_train / tb:>10.0f}/s {n_train / tp:>11.0f}/s {n_train / ts:>11.0f}/s {ts / tb:>8.2f}x "
               f"{n_test / ib:>12.0f}/s {n_test / is_:>11.0f}/s {is_ / ib:>8.2f}x {diff:>12.2e}", flush=True)
     if tmp is not None:
         tmp.cleanup()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_engine_data import tiny_data, tiny_run_yaml  # noqa: F401  (pytest fixture)
 
 from wtal.data.batch import collate_videos
 from wtal.engine.config import resolve_config
 from wtal.engine.evaluate import infer
-from wtal.engine.rundata import prepare_data
+from wtal.engine.rundata import default_max_snippets, plan_micro_batches, prepare_data
 from wtal.engine.seeding import seed_everything
 from wtal.engine.trainer import Trainer, build_model
 from wtal.evaluation.classification import classification_map
@@ -48,11 +52,16 @@ def test_padded_batch_equals_one_video_at_a_time(tmp_path, tiny_data, model):  #
         assert torch.allclose(g_batch, p.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_training_matches_the_reference_accumulation_loop(tmp_path, tiny_data):  # noqa: F811
+@pytest.mark.parametrize("max_snippets", [None, 90])
+def test_training_matches_the_reference_accumulation_loop(tmp_path, tiny_data, max_snippets):  # noqa: F811
     """Trainer == per-video backward + optimizer step every batch_size videos of a GLOBAL counter
-    (18 training videos, batch 4: steps straddle epoch ends)."""
-    cfg = _cfg(tmp_path, tiny_data, epochs=3, sets=["train.eval_every=10", "optim.weight_decay=5e-4"])
+    (18 training videos, batch 4: steps straddle epoch ends), with one padded pass per step or with
+    micro-batches of at most 90 padded snippets (1-2 tiny videos)."""
+    cfg = _cfg(tmp_path, tiny_data, epochs=3, sets=["train.eval_every=10", "optim.weight_decay=5e-4",
+                                                      f"data.max_batch_snippets={max_snippets or 'null'}"])
     trainer = Trainer(cfg, None, device="cpu")
+    if max_snippets is not None:
+        assert len(list(trainer.micro_batches(list(range(4))))) >= 2
     assert len(trainer.data.train) % cfg.data.batch_size != 0
     for epoch in range(cfg.train.epochs):
         trainer.train_epoch(epoch)
@@ -168,3 +177,87 @@ def test_tiny_training_beats_chance_on_classification(tmp_path, tiny_data):  # n
     rng = np.random.default_rng(0)
     chance = np.mean([classification_map(rng.random(labels.shape), labels) for _ in range(50)])
     assert trained > chance + 20, (trained, chance)
+
+
+def _brute_force_cost(sizes: list[int], budget: int, cap: int, overhead: float) -> float:
+    """Cheapest split of the sorted sizes into consecutive groups, by enumerating every split."""
+    sizes = sorted(sizes)
+    best = float("inf")
+    for cuts in itertools.product([False, True], repeat=len(sizes) - 1):
+        bounds = [0, *[i + 1 for i, c in enumerate(cuts) if c], len(sizes)]
+        groups = [sizes[a:b] for a, b in itertools.pairwise(bounds)]
+        if all(len(g) == 1 or (len(g) <= cap and len(g) * g[-1] <= budget) for g in groups):
+            best = min(best, sum(len(g) * g[-1] + overhead for g in groups))
+    return best
+
+
+def test_plan_micro_batches_hand_cases():
+    # overhead 320 / 32 = 10 snippets per pass: 4 short videos together (4 * 30 = 120 <= 320), the long
+    # one alone (over the budget); merging 30 with 100 would pad 3 videos by 70 > 10.
+    assert plan_micro_batches([30, 400, 28, 100, 29, 30], 320) == [[2, 4, 0, 5], [3], [1]]
+    # a cap of 2 videos per batch (inference's eval_batch_size)
+    assert plan_micro_batches([5, 5, 5, 5, 5], 10_000, max_videos=2) == [[0, 1], [2, 3], [4]]
+    assert plan_micro_batches([], 100) == []
+    # the automatic budget scales with the feature dimension
+    assert default_max_snippets(2048) == 512 and default_max_snippets(256) == 4096
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=9), st.integers(1, 1200), st.integers(1, 5))
+def test_plan_micro_batches_is_a_cheapest_valid_partition(lengths, budget, cap):
+    groups = plan_micro_batches(lengths, budget, max_videos=cap)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    flat = [lengths[i] for g in groups for i in g]
+    assert flat == sorted(flat)  # consecutive groups of the length-sorted videos
+    for g in groups:
+        assert len(g) == 1 or (len(g) <= cap and len(g) * max(lengths[i] for i in g) <= budget)
+    overhead = budget / 32
+    cost = sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
+    assert cost == pytest.approx(_brute_force_cost(lengths, budget, cap, overhead))
+
+
+def test_micro_batched_step_gives_the_single_batch_gradient(tmp_path, tiny_data):  # noqa: F811
+    cfg = _cfg(tmp_path, tiny_data, sets=["data.max_batch_snippets=100"])
+    trainer = Trainer(cfg, None, device="cpu")
+    videos = [3, 0, 7, 5, 11, 2]
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    trainer.model.zero_grad(set_to_none=True)
+    whole = trainer.batch_losses(collate_videos([trainer.data.train[i] for i in videos]), epoch=0)
+    whole["total"].sum().backward()
+    expected = [p.grad.clone() for p in params]
+
+    trainer.model.zero_grad(set_to_none=True)
+    micro = list(trainer.micro_batches(videos))
+    assert len(micro) >= 3 and sorted(n for b in micro for n in b.names) == \
+        sorted(trainer.data.train.names[i] for i in videos)
+    assert all(b.mask.numel() <= 100 or len(b.names) == 1 for b in micro)
+    total = 0.0
+    for batch in micro:
+        losses = trainer.batch_losses(batch, epoch=0)
+        losses["total"].sum().backward()
+        total += float(losses["total"].detach().sum())
+    assert total == pytest.approx(float(whole["total"].detach().sum()), rel=1e-5)
+    for g, p in zip(expected, params, strict=True):
+        assert torch.allclose(g, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_inference_does_not_depend_on_the_batch_budget(tmp_path, tiny_data):  # noqa: F811
+    cfg = _cfg(tmp_path, tiny_data, model="rskp")
+    trainer = Trainer(cfg, None, device="cpu")
+    cas_small, scores_small = infer(trainer.model, trainer.data.test, torch.device("cpu"), 8, max_snippets=50)
+    cas_big, scores_big = infer(trainer.model, trainer.data.test, torch.device("cpu"), 8, max_snippets=10**6)
+    assert list(cas_small) == list(cas_big) == trainer.data.test.names
+    for name in cas_small:
+        np.testing.assert_allclose(cas_small[name], cas_big[name], atol=1e-5)
+        np.testing.assert_allclose(scores_small[name], scores_big[name], atol=1e-5)
+
+
+def test_num_threads_is_applied_at_trainer_start(tmp_path, tiny_data):  # noqa: F811
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        Trainer(_cfg(tmp_path, tiny_data, sets=["train.num_threads=1"]), None, device="cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -3,11 +3,12 @@
 A config file is complete and self-contained (no ``_base_`` inheritance). Sections::
 
     model:       {name, params: {...}}            # params go to wtal.models.build_model(name, D, C, **params)
-    data:        {path, modality, val_fraction, val_seed, batch_size, eval_batch_size, cache,
-                  train_subset, test_subset}
+    data:        {path, modality, val_fraction, val_seed, batch_size, eval_batch_size, max_batch_snippets,
+                  cache, train_subset, test_subset}
     optim:       {name, lr, betas, weight_decay, grad_clip,
                   schedule: {type: constant|step, milestones, factors, warmup_epochs}}
-    train:       {epochs, eval_every, seed, select: val|last|test, deterministic, tensorboard, progress}
+    train:       {epochs, eval_every, seed, select: val|last|test, deterministic, tensorboard, progress,
+                  num_threads}
     eval:        {tiou: [...]}
     postprocess: {preset, ...}                    # -> LocalizeConfig.from_preset(preset, **rest)
     pseudo:      null | {name, ...}               # trainer plug-ins (see wtal.engine.plugins)
@@ -124,6 +125,9 @@ class DataConfig:
     val_seed: int = 0  # the held-out split depends on this seed only, not on train.seed
     batch_size: int = 10  # videos per optimiser step (gradients are summed over them)
     eval_batch_size: int = 16  # videos per forward pass at evaluation
+    # padded snippets per forward pass (training micro-batches and evaluation batches); null: 2**20 / D on
+    # CPU (wtal.engine.rundata.default_max_snippets). Never changes a step's videos or its summed gradient.
+    max_batch_snippets: int | None = None
     cache: bool = True  # keep features in memory after the first read
     train_subset: str | None = None  # None: wtal.data.split_subsets decides
     test_subset: str | None = None
@@ -135,6 +139,8 @@ class DataConfig:
             raise _bad("data.val_fraction", self.val_fraction, "use a fraction in [0, 1)")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise _bad("data.batch_size", self.batch_size, "use at least one video per batch")
+        if self.max_batch_snippets is not None and self.max_batch_snippets < 1:
+            raise _bad("data.max_batch_snippets", self.max_batch_snippets, "use a positive number or null")
 
 
 @dataclass
@@ -146,8 +152,11 @@ class TrainConfig:
     deterministic: bool = False
     tensorboard: bool = False
     progress: bool = True
+    num_threads: int | None = None  # torch intra-op threads, set when the Trainer starts (null: torch's default)
 
     def validate(self) -> None:
+        if self.num_threads is not None and self.num_threads < 1:
+            raise _bad("train.num_threads", self.num_threads, "use a positive number of threads or null")
         if self.epochs < 1:
             raise _bad("train.epochs", self.epochs, "train for at least one epoch")
         if self.eval_every < 1:

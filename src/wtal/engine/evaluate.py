@@ -30,15 +30,16 @@ class SplitResult:
 
 
 @torch.no_grad()
-def infer(model: torch.nn.Module, dataset: VideoDataset, device: torch.device, batch_size: int
-          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Test-time CAS and video scores of every video (the model's ``localization_scores`` recipe)."""
+def infer(model: torch.nn.Module, dataset: VideoDataset, device: torch.device, batch_size: int,
+          max_snippets: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Test-time CAS and video scores of every video (the model's ``localization_scores`` recipe);
+    ``max_snippets``: padded snippets per batch (``None``: ``rundata.default_max_snippets``)."""
     was_training = model.training
     model.eval()
     cas_out: dict[str, np.ndarray] = {}
     score_out: dict[str, np.ndarray] = {}
     try:
-        for batch in length_sorted_batches(dataset, batch_size, device):
+        for batch in length_sorted_batches(dataset, batch_size, device, max_snippets=max_snippets):
             out = model(batch.features, batch.mask)
             cas, scores = model.localization_scores(out, batch.mask)
             cas = cas.float().cpu().numpy()
@@ -61,12 +62,13 @@ def localize_config(postprocess: dict):
 
 
 def evaluate_split(model: torch.nn.Module, dataset: VideoDataset, *, postprocess: dict, tiou: list[float],
-                   device: torch.device, batch_size: int, snippets_per_second: float) -> SplitResult:
+                   device: torch.device, batch_size: int, snippets_per_second: float,
+                   max_snippets: int | None = None) -> SplitResult:
     from wtal.evaluation.classification import classification_map
     from wtal.evaluation.detection import detection_map
     from wtal.localize.pipeline import localize_videos
 
-    cas, scores = infer(model, dataset, device, batch_size)
+    cas, scores = infer(model, dataset, device, batch_size, max_snippets)
     ann = dataset.source.annotations
     detections = localize_videos(cas, scores, ann.classes, localize_config(postprocess), snippets_per_second)
     gt = ann.ground_truth(dataset.names)

@@ -57,4 +57,5 @@ def predict_split(loaded: LoadedRun, split: str, device: torch.device | str | No
     return evaluate_split(loaded.model, loaded.data.split(split), postprocess=loaded.cfg.postprocess,
                           tiou=loaded.cfg.eval.tiou, device=device,
                           batch_size=loaded.cfg.data.eval_batch_size,
-                          snippets_per_second=loaded.data.snippets_per_second)
+                          snippets_per_second=loaded.data.snippets_per_second,
+                          max_snippets=loaded.cfg.data.max_batch_snippets)

@@ -1,8 +1,19 @@
 """The training loop: padded whole-video batches, summed per-video losses, reference accumulation semantics.
 
 One optimiser step per ``data.batch_size`` videos. The loss of a batch is the **sum** of the per-video
-totals (model losses plus plug-in losses), so one padded batch gives the gradient that the reference codes
-accumulate with one ``backward()`` per video. As in the reference, the video counter is global: when the
+totals (model losses plus plug-in losses), so a padded batch gives the gradient that the reference codes
+accumulate with one ``backward()`` per video.
+
+Micro-batches: a step's videos (the same random draw) are run as length-sorted padded micro-batches of at
+most ``data.max_batch_snippets`` padded snippets (:func:`wtal.engine.rundata.plan_micro_batches`), one
+forward/backward each; their gradients accumulate, so the step's gradient is still the per-video sum and
+padding stays small (THUMOS lengths are heavy-tailed: padding a whole step to its longest video wastes
+~3x). A model with state updated by its losses (RSKP's memory bank: all videos of one forward read the
+memory, then update it) sees in a later micro-batch the memory updated by the earlier ones; this sits
+between one padded step and the reference's one-video-at-a-time loop, which reads the memory updated by
+every earlier video. Micro-batches also draw dropout masks in a different order than one padded batch.
+
+As in the reference, the video counter is global: when the
 number of training videos is not a multiple of the batch size, the last videos of an epoch are accumulated
 into the first step of the next epoch (their gradient is carried, and saved in checkpoints).
 
@@ -33,7 +44,7 @@ from wtal.engine.distributed import DistContext, resolve_device
 from wtal.engine.evaluate import SplitResult, evaluate_split
 from wtal.engine.logging import MetricsLog, get_logger, progress
 from wtal.engine.plugins import PluginContext, TrainerPlugin, build_plugins
-from wtal.engine.rundata import RunData, iterate_batches, prepare_data
+from wtal.engine.rundata import RunData, default_max_snippets, iterate_batches, plan_micro_batches, prepare_data
 from wtal.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from wtal.errors import WtalInputError
 
@@ -87,6 +98,8 @@ class Trainer:
         self.device = torch.device(device) if device is not None else resolve_device(None)
         self.writes = self.run_dir is not None and self.dist.is_main
         self.log = get_logger()
+        if cfg.train.num_threads is not None:  # process-wide: oversubscribed cores make torch much slower
+            torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
         self.data = data if data is not None else prepare_data(cfg)
         self.model = build_model(cfg, self.data.input_dim, len(self.data.classes)).to(self.device)
@@ -95,6 +108,8 @@ class Trainer:
         self.loader_generator.manual_seed(cfg.train.seed)
         self.state = TrainState()
         self.steps_per_epoch = len(self.data.train) / cfg.data.batch_size
+        self.max_batch_snippets = cfg.data.max_batch_snippets or default_max_snippets(self.data.input_dim,
+                                                                                      self.device)
         context = PluginContext(self.data.classes, self.data.snippets_per_second, len(self.data.train),
                                 cfg.train.epochs, self.device, dict(cfg.postprocess), cfg.to_dict())
         self.plugins = plugins if plugins is not None else build_plugins(cfg.pseudo, context)
@@ -177,14 +192,12 @@ class Trainer:
                           total=math.ceil(len(self.data.train) / cfg.data.batch_size) + 1,
                           desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
         for chunk in chunks:
-            local = self.dist.shard(chunk)
-            if local:
-                batch = collate_videos([self.data.train[i] for i in local]).to(self.device)
+            for batch in self.micro_batches(self.dist.shard(chunk)):
                 losses = self.batch_losses(batch, epoch)
-                losses["total"].sum().backward()
+                losses["total"].sum().backward()  # accumulates: the step's gradient is the per-video sum
                 for key, value in losses.items():
                     sums[key] += float(value.detach().sum())
-                videos += len(local)
+                videos += len(batch.names)
                 snippets += int(batch.mask.sum())
             self.state.pending += len(chunk)
             if self.state.pending == cfg.data.batch_size:
@@ -204,6 +217,13 @@ class Trainer:
                                   "train_seconds": elapsed,
                                   "train_snippets_per_s": float(totals[1]) / elapsed}
         return record
+
+    def micro_batches(self, videos: list[int]) -> Iterator[Batch]:
+        """The training videos ``videos`` as length-sorted padded batches of at most
+        ``max_batch_snippets`` padded snippets (a longer video alone), on the device."""
+        items = [self.data.train[i] for i in videos]
+        for group in plan_micro_batches([it[0].shape[0] for it in items], self.max_batch_snippets):
+            yield collate_videos([items[k] for k in group]).to(self.device)
 
     def batch_losses(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         """Per-video ``(B,)`` losses of the model plus plug-ins; ``total`` includes the plug-in terms."""
@@ -270,7 +290,8 @@ class Trainer:
             return evaluate_split(self.model, self.data.split(split), postprocess=self.cfg.postprocess,
                                   tiou=self.cfg.eval.tiou, device=self.device,
                                   batch_size=self.cfg.data.eval_batch_size,
-                                  snippets_per_second=self.data.snippets_per_second)
+                                  snippets_per_second=self.data.snippets_per_second,
+                                  max_snippets=self.cfg.data.max_batch_snippets)
         finally:
             restore_rng_state(rng, self.loader_generator)
 
