@@ -166,6 +166,16 @@ def test_short_schedule_learning_rate_rule(rule, factor):
     assert same["optim"]["lr"] == 5e-5 and same["optim"]["schedule"]["warmup_epochs"] == 0
 
 
+@pytest.mark.parametrize("epochs, expected", [(40, 2), (100, 5), (20, 1), (1, 1), (200, 10), (400, 10)])
+def test_short_schedule_keep_steps_divides_the_batch(epochs, expected):
+    tree = RunConfig().to_dict()
+    tree["train"]["epochs"], tree["data"]["batch_size"] = 200, 10
+    tree["optim"]["short_schedule"] = {"lr_scaling": "none", "batch_scaling": "keep_steps"}
+    assert rescale_epochs(tree, epochs)["data"]["batch_size"] == expected  # never below 1, never grows
+    tree["optim"]["short_schedule"]["batch_scaling"] = "none"
+    assert rescale_epochs(tree, 40)["data"]["batch_size"] == 10
+
+
 def test_resolve_order_epochs_then_overrides_then_seed(tmp_path):
     path = _write(tmp_path, "model: {name: rskp, params: {warmup_epoch: 100}}\ntrain: {epochs: 200}\n"
                             "optim: {lr: 1.0e-4, short_schedule: {lr_scaling: linear}}\n")

@@ -15,7 +15,13 @@ from wtal.localize.pipeline import LocalizeConfig, localize_video
 from wtal.models.base import ModelOutput
 from wtal.pseudo.generate import label_videos
 from wtal.pseudo.linpro import LinProConfig, constraint_matrix
-from wtal.pseudo.plugin import GauFuseConfig, GauFusePlugin, build_gaufuse_plugin, build_pseudo_plugin
+from wtal.pseudo.plugin import (
+    GauFuseConfig,
+    GauFusePlugin,
+    build_gaufuse_plugin,
+    build_pseudo_plugin,
+    label_scale,
+)
 from wtal.pseudo.teacher import VideoScores, snapshot_teacher, teacher_scores
 
 C = 3
@@ -179,11 +185,33 @@ def test_paper_plugin_targets_and_delta():
     assert spec.kind == "delta" and spec.scale == 1.0
     g8 = plugin.generations[spec.latest].labels
     g7 = plugin.generations[spec.previous].labels
-    assert np.allclose(plugin.video_target(spec, "a"), g8["a"] - g7["a"])
+    # all generations share the run-wide scale fixed at the first one (normalize: paper preset)
+    assert plugin.label_scale == pytest.approx(label_scale(g6)) and plugin.label_scale > 0
+    assert np.allclose(plugin.video_target(spec, "a"), (g8["a"] - g7["a"]) / plugin.label_scale, atol=1e-6)
     assert not np.array_equal(g8["a"], g7["a"])
     assert torch.isfinite(loss).all() and (loss >= 0).all()  # bounded loss, even with negative targets
     _run_epoch(plugin, model, 9)
     assert [g.epoch for g in plugin.generations] == [7, 8, 9]  # three kept
+
+
+def test_label_scale_is_a_robust_quantile_and_survives_checkpoints():
+    labels = {"a": np.array([[0.0, 0.02], [0.04, 0.0]]), "b": np.array([[0.03, 0.0]])}
+    assert label_scale(labels, quantile=50.0) == pytest.approx(0.03)
+    assert label_scale({"a": np.zeros((3, 2))}) == 1.0  # nothing labelled: no rescaling
+    plugin = _plugin("paper", total=10)
+    plugin.on_epoch_start(6, StubModel(), train_batches)
+    restored = _plugin("paper", total=10)
+    restored.load_state_dict(plugin.state_dict())
+    assert restored.label_scale == plugin.label_scale != 1.0
+    spec = plugin.target_spec(6)
+    assert np.array_equal(restored.video_target(spec, "a"), plugin.video_target(spec, "a"))
+    # the raw target is the generation divided by the scale, so its robust maximum is about 1
+    targets = np.concatenate([plugin.video_target(spec, n).ravel() for n in plugin.generations[0].labels])
+    assert targets.max() >= 0.99 and np.percentile(targets[targets > 0], 99) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_reference_preset_does_not_normalize():
+    assert not _plugin("reference", total=35).config.normalize
 
 
 def test_loss_backpropagates_into_the_student():

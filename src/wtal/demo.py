@@ -14,7 +14,7 @@ from pathlib import Path
 
 from wtal.errors import WtalInputError
 
-DEMO_VIDEOS = 160
+DEMO_VIDEOS = 412  # THUMOS14 size: about 2-3 minutes on 2 CPU cores
 DEMO_DIM = 256
 
 

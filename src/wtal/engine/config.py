@@ -35,6 +35,8 @@ Rescaling the epoch boundaries alone is not enough: the reference optimisers tak
 summed gradients for 200 epochs, so a 5x shorter run moves the weights 5x less. ``optim.short_schedule``
 says what ``--epochs`` does to the optimiser when it compresses a schedule by ``f = train.epochs / N > 1``:
 
+* ``batch_scaling: keep_steps`` divides ``data.batch_size`` (videos per optimizer step) by ``f`` (rounded,
+  at least 1), so the short run takes about as many optimizer steps as the full one (``none``: unchanged),
 * ``lr_scaling: linear`` multiplies ``optim.lr`` by ``f`` (``sqrt``: by ``sqrt(f)``; ``none``: unchanged),
 * ``warmup_epochs`` (epochs of the *short* run) sets a linear learning-rate warm-up when the config has
   none, so the larger rate does not blow up the freshly initialised model in the first steps.
@@ -88,8 +90,11 @@ class ScheduleConfig:
 class ShortScheduleConfig:
     lr_scaling: str = "none"  # linear | sqrt | none: lr multiplier when --epochs compresses the schedule
     warmup_epochs: float = 0.0  # warm-up (epochs of the short run) added when the config has none
+    batch_scaling: str = "none"  # keep_steps | none: divide data.batch_size by the compression
 
     def validate(self) -> None:
+        if self.batch_scaling not in ("keep_steps", "none"):
+            raise _bad("optim.short_schedule.batch_scaling", self.batch_scaling, "use 'keep_steps' or 'none'")
         if self.lr_scaling not in ("linear", "sqrt", "none"):
             raise _bad("optim.short_schedule.lr_scaling", self.lr_scaling, "use 'linear', 'sqrt' or 'none'")
 
@@ -416,6 +421,8 @@ def rescale_epochs(tree: dict[str, Any], epochs: int) -> dict[str, Any]:
             tree["optim"]["lr"] = float(tree["optim"]["lr"]) * compression
         elif rule == "sqrt":
             tree["optim"]["lr"] = float(tree["optim"]["lr"]) * math.sqrt(compression)
+        if short.get("batch_scaling", "none") == "keep_steps":
+            tree["data"]["batch_size"] = max(1, round(int(tree["data"]["batch_size"]) / compression))
         schedule = tree["optim"]["schedule"]
         if short_warmup and not schedule.get("warmup_epochs"):
             schedule["warmup_epochs"] = float(short_warmup)

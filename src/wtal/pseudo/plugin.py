@@ -23,6 +23,10 @@ Configured by the run config's ``pseudo`` section, e.g. ``pseudo: {name: gaufuse
 ``localize``               ``{preset, ...}`` overrides of :class:`wtal.localize.LocalizeConfig`
 ``linpro``                 ``{preset, ...}`` overrides of :class:`wtal.pseudo.linpro.LinProConfig`
 ``workers``                processes for post-processing (null: automatic)
+``normalize``              divide every generation by one run-wide scale fixed at the first
+                           generation (its 99th percentile of positive labels), so targets live in
+                           about [0, 1] whatever the CAS scale of the base model; Δ keeps its meaning
+                           because all generations share the scale (paper preset: true)
 =========================  ====================================================================
 
 Epochs: the presets are written for a 350-epoch run and are mapped proportionally onto the run's
@@ -37,7 +41,9 @@ the teacher in eval mode (deterministic labels); labels read through the model's
 ``localization_scores`` (the same pipeline as test predictions), only for the video's ground-truth
 classes, no background column; the ``paper`` localizer (IoU grouping, weights softmax(q / T)) and the
 ``paper`` LinPro (class-uniform by construction); the bounded loss; a constant weight
-:data:`PAPER_LOSS_WEIGHT`.
+:data:`PAPER_LOSS_WEIGHT`; labels normalised by one run-wide scale (``normalize``): LinPro labels carry
+the CAS's units (RSKP's softmax-times-attention CAS peaks near 0.04, a sigmoid CAS near 1), so without
+it the same weight means a 25x different loss for different base models.
 
 ``reference`` (faithful to the public code, reference-notes §3.1-§3.5): generations at 200, 230, 245,
 260, 275, 300 with T = 0.02, 0.02, 0.02, 0.002, 0.002, 0.0016; raw labels from 201, 2 Δ from 251, 2.15 Δ
@@ -73,13 +79,13 @@ PAPER_LOSS_WEIGHT = 10.0
 
 _SCHEDULE_KEYS = tuple(f.name for f in fields(PseudoSchedule))
 _GENERATION_KEYS = ("source", "class_gate", "background_column", "teacher_dropout", "workers")
-_OTHER_KEYS = ("name", "method", "preset", "loss", "localize", "linpro")
+_OTHER_KEYS = ("name", "method", "preset", "loss", "localize", "linpro", "normalize")
 
 _PRESET_OPTIONS: dict[str, dict[str, Any]] = {
     "paper": dict(loss="bounded", source="localization", class_gate="labels", background_column=False,
-                  teacher_dropout=False),
+                  teacher_dropout=False, normalize=True),
     "reference": dict(loss="cross_entropy", source="distill_mix", class_gate="predicted",
-                      background_column=True, teacher_dropout=True),
+                      background_column=True, teacher_dropout=True, normalize=False),
 }
 
 
@@ -88,6 +94,7 @@ class GauFuseConfig:
     schedule: PseudoSchedule
     generation: GenerationConfig
     loss: LossKind
+    normalize: bool = False
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | None, *, total_epochs: int) -> GauFuseConfig:
@@ -104,8 +111,10 @@ class GauFuseConfig:
         if preset not in _PRESET_OPTIONS:
             raise WtalInputError(f"unknown pseudo preset {preset!r}", fix="use 'paper' or 'reference'")
         schedule = _schedule(preset, cfg, total_epochs)
-        opts = {**_PRESET_OPTIONS[preset], **{k: cfg[k] for k in (*_GENERATION_KEYS, "loss") if k in cfg}}
+        opts = {**_PRESET_OPTIONS[preset],
+                **{k: cfg[k] for k in (*_GENERATION_KEYS, "loss", "normalize") if k in cfg}}
         loss = opts.pop("loss")
+        normalize = bool(opts.pop("normalize"))
         if loss not in ("bounded", "cross_entropy"):
             raise WtalInputError(f"unknown pseudo loss {loss!r}", fix="use 'bounded' or 'cross_entropy'")
         localize = _sub_config(LocalizeConfig, cfg.get("localize"), preset, "localize")
@@ -113,7 +122,7 @@ class GauFuseConfig:
             logger.info("pseudo labels use %s instead of Gaussian fusion", localize.method)
         linpro = _sub_config(LinProConfig, cfg.get("linpro"), preset, "linpro")
         generation = GenerationConfig(localize=localize, linpro=linpro, **opts)
-        return cls(schedule=schedule, generation=generation, loss=loss)
+        return cls(schedule=schedule, generation=generation, loss=loss, normalize=normalize)
 
 
 def _schedule(preset: str, cfg: dict[str, Any], total_epochs: int) -> PseudoSchedule:
@@ -178,6 +187,7 @@ class GauFusePlugin:
         self.num_classes = int(num_classes)
         self.generations: list[Generation] = []
         self.history: list[dict[str, float]] = []  # one summary per generation made in this run
+        self.label_scale = 1.0  # run-wide divisor of all generations (fixed at the first one if normalize)
         self._cache_key: tuple | None = None
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -194,12 +204,14 @@ class GauFusePlugin:
         gen = generate(model, train_batches, self.config.generation, epoch=epoch,
                        temperature=self.schedule.temperatures[index])
         self._check_width(gen)
+        if self.config.normalize and not self.generations and not self.history:
+            self.label_scale = label_scale(gen.labels)
         self.generations = [*self.generations, gen][-self.schedule.keep_generations:]
         t = gen.timings
         summary = {"epoch": float(epoch), "videos": float(len(gen.labels)), "teacher_s": t.teacher,
                    "postprocess_s": t.postprocess_wall, "lp_solved": float(gen.stats.solved),
                    "lp_relaxed": float(gen.stats.relaxed), "lp_failed": float(gen.stats.failed),
-                   "labelled_fraction": _labelled_fraction(gen.labels)}
+                   "labelled_fraction": _labelled_fraction(gen.labels), "label_scale": self.label_scale}
         self.history.append(summary)
         logger.info("pseudo labels generation %d at epoch %d: %d videos, teacher %.2fs, "
                     "post-processing %.2fs, %s", index, epoch, len(gen.labels), t.teacher, t.postprocess_wall,
@@ -227,9 +239,10 @@ class GauFusePlugin:
                                  fix="keep the training set unchanged between pseudo-label generations "
                                      "(and when resuming)")
         if spec.kind == "raw":
-            return latest[name]
+            return (latest[name] / self.label_scale).astype(np.float32)
         previous = self.generations[spec.previous].labels[name]
-        return (spec.scale * (latest[name].astype(np.float64) - previous)).astype(np.float32)
+        delta = latest[name].astype(np.float64) - previous
+        return (spec.scale / self.label_scale * delta).astype(np.float32)
 
     def _batch_targets(self, spec: TargetSpec, batch: Batch, t_max: int, device: torch.device,
                        dtype: torch.dtype) -> torch.Tensor:
@@ -272,6 +285,7 @@ class GauFusePlugin:
                              "stats": [g.stats.solved, g.stats.relaxed, g.stats.failed]}
                             for g in self.generations],
             "history": [dict(h) for h in self.history],
+            "label_scale": self.label_scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -284,7 +298,14 @@ class GauFusePlugin:
                        stats=LinProStats(*(int(x) for x in g["stats"])), timings=GenerationTimings())
             for g in state["generations"]]
         self.history = [dict(h) for h in state.get("history", [])]
+        self.label_scale = float(state.get("label_scale", 1.0))
         self._cache_key, self._cache = None, {}
+
+
+def label_scale(labels: dict[str, np.ndarray], quantile: float = 99.0) -> float:
+    """Robust size of a generation: the ``quantile`` of its positive labels (1.0 when it has none)."""
+    positive = np.concatenate([a[a > 0].ravel() for a in labels.values()] or [np.zeros(0)])
+    return float(np.percentile(positive, quantile)) if positive.size else 1.0
 
 
 def _labelled_fraction(labels: dict[str, np.ndarray]) -> float:
