@@ -21,8 +21,13 @@ def get_logger() -> logging.Logger:
 
 
 def setup_logging(run_dir: Path | None, *, enabled: bool = True) -> logging.Logger:
-    """Console + ``RUN/train.log`` handlers on the ``wtal.train`` logger (rank 0 only: ``enabled``)."""
-    logger = get_logger()
+    """Console + ``RUN/train.log`` handlers for every ``wtal.*`` logger (rank 0 only: ``enabled``).
+
+    The handlers sit on the package logger ``wtal``, so messages of the library modules (pseudo-label
+    generations, LinPro fallbacks, ...) reach the run's log next to the trainer's own ``wtal.train`` lines.
+    """
+    get_logger().propagate = True
+    logger = logging.getLogger("wtal")
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
@@ -40,7 +45,7 @@ def setup_logging(run_dir: Path | None, *, enabled: bool = True) -> logging.Logg
         fh = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
         fh.setFormatter(fmt)
         logger.addHandler(fh)
-    return logger
+    return get_logger()
 
 
 def _plain(value: Any) -> Any:
