@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -17,6 +18,7 @@ def load_benchmark(name: str) -> ModuleType:
     """The script ``benchmarks/<name>.py`` as a module (its straightforward reference implementations)."""
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the script executes
     spec.loader.exec_module(module)
     return module
 
