@@ -32,7 +32,7 @@ def setup_logging(run_dir: Path | None, *, enabled: bool = True) -> logging.Logg
         logger.removeHandler(h)
         h.close()
     logger.setLevel(logging.INFO)
-    logger.propagate = False
+    logger.propagate = True  # the root logger has no handler unless an application (or pytest) adds one
     if not enabled:
         logger.addHandler(logging.NullHandler())
         return logger
