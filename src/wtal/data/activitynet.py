@@ -17,13 +17,12 @@ are kept as written (not clipped).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from wtal.atomic import write_json_atomic
 from wtal.data.annotations import AnnotationSet, Instance, VideoInfo
 from wtal.data.timebase import I3D_SNIPPETS_PER_SECOND
-from wtal.data.validate import check_duration, check_rate, check_segment
+from wtal.data.validate import check_duration, check_rate, check_segment, read_json_file
 from wtal.errors import WtalInputError
 
 _FORMAT_FIX = ('write {"database": {VIDEO: {"subset": ..., "duration": ..., '
@@ -36,16 +35,8 @@ def read_activitynet_json(path: str | Path, snippets_per_second: float | None = 
     ``snippets_per_second`` overrides the file's ``"snippets_per_second"`` (default 25/16).
     """
     path = Path(path)
-    if not path.is_file():
-        raise WtalInputError("ground-truth JSON not found", path=path,
-                             fix="pass an existing gt.json / JSON file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise WtalInputError(f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", path=path,
-                             fix="repair the JSON file") from None
-    except UnicodeDecodeError:
-        raise WtalInputError("not a UTF-8 text file", path=path, fix="pass a JSON file") from None
+    data = read_json_file(path, missing="ground-truth JSON not found",
+                          missing_fix="pass an existing gt.json / JSON file", fix="repair the JSON file")
     database = _get(data, "database", dict, path, None)
     default_rate = check_rate(snippets_per_second if snippets_per_second is not None
                               else data.get("snippets_per_second", I3D_SNIPPETS_PER_SECOND), path=path)

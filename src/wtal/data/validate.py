@@ -6,7 +6,9 @@ bad feature file stops the run at load time instead of turning into NaN losses l
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,3 +96,17 @@ def check_duration(duration, *, path: str | Path | None, video: str | None) -> f
         raise WtalInputError(f"duration {d} is not a positive finite number of seconds", path=path,
                              video=video, fix="write the video duration in seconds")
     return d
+
+
+def read_json_file(path: str | Path, *, missing: str, fix: str, missing_fix: str) -> Any:
+    """Parse a JSON file; a missing file or malformed JSON raises :class:`WtalInputError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise WtalInputError(missing, path=path, fix=missing_fix)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise WtalInputError(f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", path=path,
+                             fix=fix) from None
+    except UnicodeDecodeError:
+        raise WtalInputError("malformed JSON: not a UTF-8 text file", path=path, fix=fix) from None

@@ -23,6 +23,7 @@ import numpy as np
 
 from wtal.atomic import write_text_atomic
 from wtal.data.segments import SegmentTable
+from wtal.data.validate import read_json_file
 from wtal.errors import WtalInputError
 
 FORMAT_FIX = ('write an ActivityNet result file: {"version": ..., "results": {VIDEO: [{"label": CLASS, '
@@ -62,13 +63,8 @@ def read_results(path: str | Path, classes: Sequence[str] | None = None) -> Segm
     list is the sorted set of labels in the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WtalInputError("result file not found", path=path, fix="check the --pred path")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WtalInputError(f"malformed JSON ({exc})", path=path, fix=FORMAT_FIX) from None
+    data = read_json_file(path, missing="result file not found", missing_fix="check the --pred path",
+                          fix=FORMAT_FIX)
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise WtalInputError('no "results" object at the top level', path=path, fix=FORMAT_FIX)
 
