@@ -176,6 +176,19 @@ def test_short_schedule_keep_steps_divides_the_batch(epochs, expected):
     assert rescale_epochs(tree, 40)["data"]["batch_size"] == 10
 
 
+def test_width_scaling_factor_and_validation(tmp_path):
+    cfg = from_dict({"optim": {"lr": 1e-4, "width_scaling": {"reference_dim": 2048, "power": 0.5}}})
+    assert cfg.optim.width_scaling.factor(256) == pytest.approx(math.sqrt(8.0))
+    assert cfg.optim.width_scaling.factor(2048) == 1.0
+    assert learning_rate(cfg.optim, 0, 0, 10, input_dim=512) == pytest.approx(2e-4)
+    assert learning_rate(cfg.optim, 0, 0, 10) == 1e-4  # no dimension given: no factor
+    assert from_dict({}).optim.width_scaling.factor(256) == 1.0  # off by default
+    with pytest.raises(WtalInputError, match="width_scaling.power"):
+        resolve_config(_write(tmp_path, "optim: {width_scaling: {reference_dim: 2048, power: 2}}\n"))
+    with pytest.raises(WtalInputError, match="width_scaling.reference_dim"):
+        resolve_config(_write(tmp_path, "optim: {width_scaling: {reference_dim: 0}}\n"))
+
+
 def test_resolve_order_epochs_then_overrides_then_seed(tmp_path):
     path = _write(tmp_path, "model: {name: rskp, params: {warmup_epoch: 100}}\ntrain: {epochs: 200}\n"
                             "optim: {lr: 1.0e-4, short_schedule: {lr_scaling: linear}}\n")

@@ -261,3 +261,15 @@ def test_num_threads_is_applied_at_trainer_start(tmp_path, tiny_data):  # noqa: 
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_width_scaling_sets_the_optimiser_rate_from_the_feature_dimension(tmp_path, tiny_data):  # noqa: F811
+    base = Trainer(_cfg(tmp_path, tiny_data), None, device="cpu")
+    dim = base.data.input_dim
+    cfg = _cfg(tmp_path, tiny_data, sets=[f"optim.width_scaling.reference_dim={4 * dim}"])
+    trainer = Trainer(cfg, None, device="cpu")
+    record = trainer.train_epoch(0)
+    used = trainer.optimizer.param_groups[0]["lr"]
+    assert used == pytest.approx(cfg.optim.lr * 2.0)  # (4 D / D) ** 0.5
+    assert record["lr"] == pytest.approx(used)  # metrics.jsonl shows the rate actually used
+    assert cfg.optim.lr == base.cfg.optim.lr  # the config keeps the configured rate

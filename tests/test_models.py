@@ -248,6 +248,12 @@ def test_rskp_test_recipe_and_distillation_weights():
     torch.testing.assert_close(video, (0.6 * o.p_ca + 0.4 * m.p_ca)[:, :CLASSES])
     weights = [w for w, _ in model.distill_logits(out)]
     assert weights == [0.8, 0.2]
+    # without the attention the CAS is the class softmax mix alone (the wtal configs' scale-free recipe)
+    plain = _model("rskp", test_cas_weights=(0.85, 0.15), test_attention=False).eval()
+    plain.load_state_dict(model.state_dict())
+    cas_plain, _ = plain.localization_scores(plain(batch.features, batch.mask), batch.mask)
+    expected_plain = (0.85 * o.logits.softmax(-1) + 0.15 * m.logits.softmax(-1))[..., :CLASSES]
+    torch.testing.assert_close(cas_plain, expected_plain * batch.mask[..., None])
 
 
 # ------------------------------------------------------------------------------- contracts of every model

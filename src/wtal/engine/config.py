@@ -41,6 +41,16 @@ says what ``--epochs`` does to the optimiser when it compresses a schedule by ``
 * ``warmup_epochs`` (epochs of the *short* run) sets a linear learning-rate warm-up when the config has
   none, so the larger rate does not blow up the freshly initialised model in the first steps.
 
+Feature width (``optim.width_scaling``)
+--------------------------------------
+The reference learning rates were tuned on 2048-d I3D features. With Adam every weight moves about ``lr``
+per step whatever the width, and at a smaller width each unit sums fewer inputs, so the same ``lr`` changes
+the model's outputs less (a 256-d synthetic run at the reference rate is still far from converged after the
+full 200 epochs). ``width_scaling: {reference_dim: 2048, power: 0.5}`` multiplies the rate by
+``(reference_dim / D) ** power`` for ``D``-dimensional input features (1 on I3D). The trainer applies it
+once the data is open; the saved config keeps the configured ``lr`` and the log and ``metrics.jsonl`` show
+the rate actually used.
+
 The rule and the measurements behind it are in ``configs/README.md``. ``--set`` overrides are applied
 after rescaling, so the values given there are taken literally.
 """
@@ -100,6 +110,24 @@ class ShortScheduleConfig:
 
 
 @dataclass
+class WidthScalingConfig:
+    reference_dim: int | None = None  # feature dimension the config's lr was tuned for (None: no scaling)
+    power: float = 0.5  # lr multiplier (reference_dim / input_dim) ** power
+
+    def validate(self) -> None:
+        if self.reference_dim is not None and self.reference_dim < 1:
+            raise _bad("optim.width_scaling.reference_dim", self.reference_dim, "use a positive dimension or null")
+        if not (0.0 <= self.power <= 1.0):
+            raise _bad("optim.width_scaling.power", self.power, "use a power in [0, 1] (0.5: square root)")
+
+    def factor(self, input_dim: int) -> float:
+        """The lr multiplier for features of ``input_dim`` channels (1 when disabled)."""
+        if self.reference_dim is None:
+            return 1.0
+        return (self.reference_dim / input_dim) ** self.power
+
+
+@dataclass
 class OptimConfig:
     name: str = "adam"  # adam (L2 decay added to the gradient, as the reference) | adamw (decoupled)
     lr: float = 1e-4
@@ -108,6 +136,7 @@ class OptimConfig:
     grad_clip: float | None = None  # max global gradient norm per optimiser step (None: no clipping)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     short_schedule: ShortScheduleConfig = field(default_factory=ShortScheduleConfig)
+    width_scaling: WidthScalingConfig = field(default_factory=WidthScalingConfig)
 
     def validate(self) -> None:
         if self.name not in ("adam", "adamw"):
@@ -120,6 +149,7 @@ class OptimConfig:
             raise _bad("optim.grad_clip", self.grad_clip, "use a positive norm or null")
         self.schedule.validate()
         self.short_schedule.validate()
+        self.width_scaling.validate()
 
 
 @dataclass

@@ -58,9 +58,11 @@ class TrainState:
     best_epoch: int | None = None
 
 
-def learning_rate(optim: OptimConfig, epoch: int, global_step: int, steps_per_epoch: float) -> float:
-    """Learning rate of the optimiser step ``global_step`` (0-based) taken during epoch ``epoch``."""
-    lr = optim.lr
+def learning_rate(optim: OptimConfig, epoch: int, global_step: int, steps_per_epoch: float,
+                  input_dim: int | None = None) -> float:
+    """Learning rate of the optimiser step ``global_step`` (0-based) taken during epoch ``epoch``, for
+    features of ``input_dim`` channels (``optim.width_scaling``; ``None``: no width factor)."""
+    lr = optim.lr * (optim.width_scaling.factor(input_dim) if input_dim is not None else 1.0)
     schedule = optim.schedule
     if schedule.type == "step":
         lr *= schedule.factors[bisect.bisect_right(schedule.milestones, epoch)]
@@ -108,6 +110,11 @@ class Trainer:
         self.loader_generator.manual_seed(cfg.train.seed)
         self.state = TrainState()
         self.steps_per_epoch = len(self.data.train) / cfg.data.batch_size
+        width = cfg.optim.width_scaling
+        if width.reference_dim is not None and width.reference_dim != self.data.input_dim:
+            self.log.info("learning rate %.3g x %.3g (optim.width_scaling: %d-d features, tuned on %d-d) = %.3g",
+                          cfg.optim.lr, width.factor(self.data.input_dim), self.data.input_dim,
+                          width.reference_dim, cfg.optim.lr * width.factor(self.data.input_dim))
         self.max_batch_snippets = cfg.data.max_batch_snippets or default_max_snippets(self.data.input_dim,
                                                                                       self.device)
         context = PluginContext(self.data.classes, self.data.snippets_per_second, len(self.data.train),
@@ -211,7 +218,7 @@ class Trainer:
         n_videos = max(float(totals[0]), 1.0)
         record: dict[str, Any] = {"epoch": epoch, "step": self.state.global_step,
                                   "lr": learning_rate(cfg.optim, epoch, max(self.state.global_step - 1, 0),
-                                                      self.steps_per_epoch),
+                                                      self.steps_per_epoch, self.data.input_dim),
                                   "loss": {k: float(v) / n_videos
                                            for k, v in zip(keys, totals[2:], strict=True)},
                                   "train_seconds": elapsed,
@@ -245,7 +252,7 @@ class Trainer:
     def step(self, epoch: int) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self._reduce_gradients(params)
-        lr = learning_rate(self.cfg.optim, epoch, self.state.global_step, self.steps_per_epoch)
+        lr = learning_rate(self.cfg.optim, epoch, self.state.global_step, self.steps_per_epoch, self.data.input_dim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.cfg.optim.grad_clip is not None:

@@ -56,6 +56,7 @@ class RSKPHyperparameters:
     memory_target_weight: float = 0.2  # spl target 0.2 r.S + 0.8 m.S after warm-up
     test_cas_weights: tuple[float, float] = (0.6, 0.4)  # o/m softmax mixing at test (GauFuse: 0.85/0.15)
     test_video_weights: tuple[float, float] = (0.6, 0.4)
+    test_attention: bool = True  # multiply the test CAS by o.a (reference); False: the class softmax alone
     distill_weights: tuple[float, float] = (0.8, 0.2)  # GauFuse L_dist on o.S / m.S
 
 
@@ -238,12 +239,21 @@ class RSKP(nn.Module):
 
     # ------------------------------------------------------------------------------------------ test time
     def localization_scores(self, out: ModelOutput, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(wo softmax(o.S) + wm softmax(m.S)) * o.a`` (RS 0.6/0.4, GauFuse 0.85/0.15); video ``out.video_scores``."""
+        """``(wo softmax(o.S) + wm softmax(m.S)) * o.a`` (RS 0.6/0.4, GauFuse 0.85/0.15); video ``out.video_scores``.
+
+        ``test_attention=False`` drops the ``* o.a`` factor. Nothing in the losses fixes the attention's
+        absolute level (``p_ca`` pools with normalised attention; the top-k/bottom-k contrast saturates in the
+        sigmoid), so the product's scale varies from run to run (mean attention on action snippets 0.007 to
+        0.07 over three seeds of the same short run) and an absolute threshold grid cuts it very differently;
+        see configs/README.md for the measurements.
+        """
         o: BranchOutput = out.extras["o"]
         m: BranchOutput = out.extras["m"]
         wo, wm = self.hp.test_cas_weights
         cas = (wo * torch.softmax(o.logits, dim=-1) + wm * torch.softmax(m.logits, dim=-1))
-        cas = cas[..., : self.num_classes] * o.attention.unsqueeze(-1)
+        cas = cas[..., : self.num_classes]
+        if self.hp.test_attention:
+            cas = cas * o.attention.unsqueeze(-1)
         return masked_fill_zero(cas, mask), out.video_scores
 
     def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
