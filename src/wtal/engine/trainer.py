@@ -110,11 +110,11 @@ class Trainer:
         self.loader_generator.manual_seed(cfg.train.seed)
         self.state = TrainState()
         self.steps_per_epoch = len(self.data.train) / cfg.data.batch_size
-        width = cfg.optim.width_scaling
-        if width.reference_dim is not None and width.reference_dim != self.data.input_dim:
+        width_factor = cfg.optim.width_scaling.factor(self.data.input_dim)
+        if width_factor != 1.0:
             self.log.info("learning rate %.3g x %.3g (optim.width_scaling: %d-d features, tuned on %d-d) = %.3g",
-                          cfg.optim.lr, width.factor(self.data.input_dim), self.data.input_dim,
-                          width.reference_dim, cfg.optim.lr * width.factor(self.data.input_dim))
+                          cfg.optim.lr, width_factor, self.data.input_dim, cfg.optim.width_scaling.reference_dim,
+                          cfg.optim.lr * width_factor)
         self.max_batch_snippets = cfg.data.max_batch_snippets or default_max_snippets(self.data.input_dim,
                                                                                       self.device)
         context = PluginContext(self.data.classes, self.data.snippets_per_second, len(self.data.train),
