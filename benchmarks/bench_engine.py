@@ -10,12 +10,19 @@ For each model, on the same synthetic THUMOS-like videos and the same weights:
   snippets (the engine's ``length_sorted_batches``) vs one video at a time;
 - equal losses: the per-video losses of the engine's micro-batches and of single videos (dropout off).
 
+- the batching bound: one-video training steps at T = 16, 64, 256, 1024 fitted as ``a + b T`` (a: the
+  per-video cost that batching shares, dispatch and small ops; b: the per-snippet compute it cannot
+  share). Perfect batching of ``batch`` videos of the mean length ``T`` (no padding, no extra work) is
+  at most ``(a + b T) / (a / batch + b T)`` faster; where ``a`` is small against ``b T`` (CPU, long
+  videos, wide features) no engine can reach a large speed-up.
+
 Times are process CPU seconds (``time.process_time``, best of ``--repeats``), so other jobs on a shared
 machine disturb them less than wall time; with ``--threads 1`` CPU time is the single-core wall time.
 
 Usage: python benchmarks/bench_engine.py [--dim 256] [--videos 60] [--models mil,rskp,...] [--threads N]
        [--max-snippets N]
-Prints one table row per model: snippets/s of each path, the speed-ups and the largest loss difference.
+Prints one table row per model: snippets/s of each path, the speed-ups, the batching bound with the
+per-video overhead's share of a one-video step at the mean length, and the largest loss difference.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from wtal.data.batch import collate_videos
@@ -66,6 +74,28 @@ def _infer_pass(model, dataset, eval_batch: int, batched: bool, max_snippets: in
             b = collate_videos([dataset[i]])
             model.localization_scores(model(b.features, b.mask), b.mask)
     return time.process_time() - t0
+
+
+def _batching_bound(model, items, batch: int, mean_length: float) -> tuple[float, float, float]:
+    """``(a seconds/video, b seconds/snippet, bound)`` from timed one-video steps (see the module doc)."""
+    model.train()
+    features, labels = items[0][0], items[0][1]
+    rows = []
+    for t in (16, 64, 256, 1024):
+        x = np.resize(features, (t, features.shape[1]))  # tiles the first video's snippets
+        b = collate_videos([(x, labels, "bound", 0)])
+        repeats = max(3, 2048 // t)
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.process_time()
+            model.losses(model(b.features, b.mask), b.labels, b.mask, 0)["total"].sum().backward()
+            times.append(time.process_time() - t0)
+        rows.append((t, float(np.median(times[1:]))))
+    model.zero_grad(set_to_none=True)
+    slope, intercept = np.polyfit(*np.array(rows).T, 1)
+    a, b = max(float(intercept), 0.0), max(float(slope), 1e-12)
+    one = a + b * mean_length
+    return a, b, one / (a / batch + b * mean_length)
 
 
 @torch.no_grad()
@@ -116,7 +146,8 @@ def main() -> None:
           f"dim {train.feature_dim}, {len(ann.classes)} classes; torch threads {torch.get_num_threads()}; "
           f"max {budget} padded snippets per pass; CPU-time snippets/s")
     header = (f"{'model':<8} {'train micro':>12} {'train padded':>13} {'train 1-by-1':>13} {'speed-up':>9} "
-              f"{'infer batched':>14} {'infer 1-by-1':>13} {'speed-up':>9} {'max |dloss|':>12}")
+              f"{'bound':>6} {'overhead':>9} {'infer batched':>14} {'infer 1-by-1':>13} {'speed-up':>9} "
+              f"{'max |dloss|':>12}")
     print(header)
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -126,10 +157,13 @@ def main() -> None:
         _train_pass(model, optimizer, items[: args.batch], args.batch, "micro", budget)  # warm-up
         tb, tp, ts = (min(_train_pass(model, optimizer, items, args.batch, mode, budget)
                           for _ in range(args.repeats)) for mode in ("micro", "padded", "single"))
+        a, b, bound = _batching_bound(model, items, args.batch, n_train / len(items))
+        overhead = a / (a + b * n_train / len(items))
         ib = min(_infer_pass(model, test, args.eval_batch, True, budget) for _ in range(args.repeats))
         is_ = min(_infer_pass(model, test, args.eval_batch, False, budget) for _ in range(args.repeats))
         print(f"{name:<8} {n_train / tb:>10.0f}/s {n_train / tp:>11.0f}/s {n_train / ts:>11.0f}/s {ts / tb:>8.2f}x "
-              f"{n_test / ib:>12.0f}/s {n_test / is_:>11.0f}/s {is_ / ib:>8.2f}x {diff:>12.2e}", flush=True)
+              f"{bound:>5.2f}x {overhead:>8.0%} {n_test / ib:>12.0f}/s {n_test / is_:>11.0f}/s {is_ / ib:>8.2f}x "
+              f"{diff:>12.2e}", flush=True)
     if tmp is not None:
         tmp.cleanup()
 

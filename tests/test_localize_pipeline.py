@@ -47,6 +47,16 @@ def test_presets_and_overrides():
     assert len(REFERENCE_THRESHOLDS) == 20
 
 
+def test_relative_mode_without_a_grid_takes_the_relative_grid():
+    # the reference preset's absolute grid (0.001..0.039) read as fractions would cut every CAS at its floor
+    ref_relative = LocalizeConfig.from_preset("reference", threshold_mode="relative")
+    assert ref_relative.thresholds == LocalizeConfig.from_preset("paper").thresholds
+    assert min(ref_relative.thresholds) == pytest.approx(0.025) and max(ref_relative.thresholds) == pytest.approx(0.975)
+    # an explicit grid is kept in either mode, and the absolute reference grid is untouched
+    assert LocalizeConfig.from_preset("reference", threshold_mode="relative", thresholds=[0.5]).thresholds == (0.5,)
+    assert LocalizeConfig.from_preset("reference").thresholds == REFERENCE_THRESHOLDS
+
+
 @pytest.mark.parametrize("overrides", [{"temperature": -1.0}, {"method": "wbf"}, {"template": "cauchy"},
                                        {"thresholds": []}, {"min_length": 0}, {"nonsense": 1}])
 def test_bad_settings_raise_input_errors(overrides):

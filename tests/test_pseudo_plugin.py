@@ -51,6 +51,14 @@ class StubModel(nn.Module):
     def distill_logits(self, out):
         return [(1.0, out.cas_logits)]
 
+    def losses(self, out, labels, mask, epoch):
+        """Video-level BCE times ``base_scale`` (a model whose losses live on another scale)."""
+        bce = torch.nn.functional.binary_cross_entropy(out.video_scores.clamp(1e-6, 1 - 1e-6), labels,
+                                                       reduction="none").mean(dim=1)
+        return {"total": self.base_scale * bce}
+
+    base_scale = 1.0
+
 
 def _videos():
     """Three videos; each has one action block of its labelled class, plus a weaker distractor class."""
@@ -212,6 +220,53 @@ def test_label_scale_is_a_robust_quantile_and_survives_checkpoints():
 
 def test_reference_preset_does_not_normalize():
     assert not _plugin("reference", total=35).config.normalize
+    assert _plugin("reference", total=35).config.loss_balance is None
+
+
+def _mean_losses(plugin, model, epoch):
+    """Per-video means over the training set of the plug-in's term and the model's own loss (eval mode)."""
+    model.eval()
+    distill = base = 0.0
+    with torch.no_grad():
+        for batch in train_batches():
+            out = model(batch.features, batch.mask)
+            distill += float(plugin.loss(model, out, batch, epoch).sum())
+            base += float(model.losses(out, batch.labels, batch.mask, epoch)["total"].sum())
+    return distill / len(ITEMS), base / len(ITEMS)
+
+
+@pytest.mark.parametrize("base_scale", [0.05, 3.0])
+@pytest.mark.parametrize("balance", [0.5, 2.0])
+def test_loss_balance_sets_the_term_relative_to_the_base_loss(balance, base_scale):
+    model = StubModel()
+    model.base_scale = base_scale
+    plugin = _plugin("paper", total=10, loss_balance=balance)
+    plugin.on_epoch_start(6, model, train_batches)
+    distill, base = _mean_losses(plugin, model, 6)
+    assert distill == pytest.approx(balance * base, rel=1e-5)
+    assert plugin.history[0]["loss_weight"] == pytest.approx(plugin.weight_factor * plugin.schedule.weight(6))
+    # fixed at the first generation: a later generation does not re-balance, and the factor is checkpointed
+    factor = plugin.weight_factor
+    model.base_scale = 100.0
+    plugin.on_epoch_start(7, model, train_batches)
+    assert plugin.weight_factor == factor
+    restored = _plugin("paper", total=10, loss_balance=balance)
+    restored.load_state_dict(plugin.state_dict())
+    assert restored.weight_factor == factor
+
+
+def test_loss_balance_falls_back_to_loss_weight_when_unmeasurable(caplog):
+    model = StubModel()
+    model.base_scale = 0.0  # a base loss of 0 gives no scale to balance against
+    plugin = _plugin("paper", total=10, loss_balance=1.0, loss_weight=2.5)
+    with caplog.at_level("WARNING"):
+        plugin.on_epoch_start(6, model, train_batches)
+    assert plugin.weight_factor == 1.0 and "loss_balance" in caplog.text
+    batch = next(train_batches())
+    out = model(batch.features, batch.mask)
+    unbalanced = _plugin("paper", total=10, loss_balance=None, loss_weight=2.5)
+    unbalanced.on_epoch_start(6, model, train_batches)
+    assert torch.allclose(plugin.loss(model, out, batch, 6), unbalanced.loss(model, out, batch, 6))
 
 
 def test_loss_backpropagates_into_the_student():
@@ -284,6 +339,7 @@ def test_labels_must_match_the_videos():
 
 def test_presets_resolve():
     paper = GauFuseConfig.from_dict({"name": "gaufuse"}, total_epochs=350)
+    assert paper.loss_balance == 1.0
     assert paper.loss == "bounded" and not paper.generation.teacher_dropout
     assert paper.generation.class_gate == "labels" and not paper.generation.background_column
     assert paper.generation.localize.preset == "paper" and paper.generation.localize.method == "fusion"
@@ -312,6 +368,9 @@ def test_explicit_epoch_keys_are_taken_literally():
     {"preset": "paper", "generation_epochs": [1.5]},
     {"preset": "reference", "generation_epochs": [3, 5]},  # temperatures differ per generation
     {"preset": "paper", "localize": {"no_such_field": 1}},
+    {"preset": "paper", "loss_balance": 0},
+    {"preset": "paper", "loss_balance": -1.0},
+    {"preset": "paper", "loss_balance": "lots"},
 ])
 def test_bad_configs_are_rejected(cfg):
     with pytest.raises(WtalInputError):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from wtal.errors import WtalInputError
-from wtal.pseudo.distill import distillation_loss, log_one_minus_softmax, snippet_distill_loss
+from wtal.models.losses import log_one_minus_softmax
+from wtal.pseudo.distill import distillation_loss, snippet_distill_loss
 from wtal.pseudo.schedule import PseudoSchedule, TargetSpec, paper_schedule, reference_schedule
 
 # ---------------------------------------------------------------------------------------------------

@@ -99,7 +99,13 @@ class LocalizeConfig:
 
     @classmethod
     def from_preset(cls, name: str = "paper", **overrides) -> LocalizeConfig:
-        """The ``paper`` or ``reference`` settings, with ``overrides`` (``None`` values are ignored)."""
+        """The ``paper`` or ``reference`` settings, with ``overrides`` (``None`` values are ignored).
+
+        ``threshold_mode="relative"`` without ``thresholds`` takes the relative grid
+        (:data:`PAPER_THRESHOLDS`) whatever the preset: the reference preset's absolute grid (0.001 to
+        0.039, sized for RSKP's small CAS values) read as fractions of the range would cut every CAS at
+        its floor.
+        """
         _choice("preset", name, PRESETS)
         base = {} if name == "paper" else dict(
             preset="reference", temperature=0.2, thresholds=REFERENCE_THRESHOLDS, threshold_mode="absolute",
@@ -109,7 +115,10 @@ class LocalizeConfig:
         if unknown:
             raise WtalInputError(f"unknown localize setting(s): {sorted(unknown)}",
                                  fix=f"use fields of LocalizeConfig: {fields}")
-        base.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        base.update(given)
+        if base.get("threshold_mode") == "relative" and "thresholds" not in given:
+            base["thresholds"] = PAPER_THRESHOLDS
         if "thresholds" in base:
             grid = np.asarray(base["thresholds"], dtype=np.float64).ravel()
             base["thresholds"] = tuple(float(x) for x in grid)

@@ -22,7 +22,7 @@ from torch import nn
 
 from wtal.data.batch import Batch
 from wtal.models.base import ModelOutput
-from wtal.models.losses import binary_cross_entropy, with_background
+from wtal.models.losses import softmax_binary_cross_entropy, with_background
 from wtal.models.masked import (
     masked_conv1d,
     masked_fill_zero,
@@ -77,19 +77,22 @@ class BaSNet(nn.Module):
         cas_base = self.cas_module(features, mask)
         cas_supp = self.cas_module(fore.unsqueeze(-1) * features, mask)
         k = topk_count(mask, self.hp.topk_ratio)
-        score_base = torch.softmax(masked_topk_mean(cas_base, mask, k), dim=-1)
-        score_supp = torch.softmax(masked_topk_mean(cas_supp, mask, k), dim=-1)
+        logits_base = masked_topk_mean(cas_base, mask, k)
+        logits_supp = masked_topk_mean(cas_supp, mask, k)
+        score_supp = torch.softmax(logits_supp, dim=-1)
         return ModelOutput(video_scores=score_supp[:, : self.num_classes],
                            cas_logits=cas_supp, attention=fore,
-                           extras={"cas_base": cas_base, "score_base": score_base, "score_supp": score_supp})
+                           extras={"cas_base": cas_base, "logits_base": logits_base, "logits_supp": logits_supp})
 
     def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
                ) -> dict[str, torch.Tensor]:
         y_base, y_supp = with_background(labels, 1.0), with_background(labels, 0.0)
         y_base = y_base / y_base.sum(dim=1, keepdim=True)
         y_supp = y_supp / y_supp.sum(dim=1, keepdim=True).clamp(min=1e-8)
-        base = binary_cross_entropy(out.extras["score_base"], y_base)
-        supp = binary_cross_entropy(out.extras["score_supp"], y_supp)
+        # BCE of the softmax video scores (the reference's BCELoss), from the logits so that a saturated
+        # softmax cannot give NaN gradients (see softmax_binary_cross_entropy)
+        base = softmax_binary_cross_entropy(out.extras["logits_base"], y_base)
+        supp = softmax_binary_cross_entropy(out.extras["logits_supp"], y_supp)
         norm = masked_sum(out.attention, mask)
         return {"total": base + supp + self.hp.norm_weight * norm, "base": base, "supp": supp, "norm": norm}
 

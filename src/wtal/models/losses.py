@@ -31,6 +31,27 @@ def binary_cross_entropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return -(target * log_p + (1.0 - target) * log_q).mean(dim=1)
 
 
+def log_one_minus_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``log(1 - softmax(logits))`` along the last axis, exact even where one ``p`` rounds to 1."""
+    n = logits.shape[-1]
+    others = logits.unsqueeze(-2).expand(*logits.shape, n)  # [..., c, k] = L_k
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    others = others.masked_fill(eye, float("-inf"))
+    return torch.logsumexp(others, dim=-1) - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
+def softmax_binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`binary_cross_entropy` of ``softmax(logits)`` per video, computed from the logits.
+
+    The same value wherever the softmax does not round to 0 or 1; there ``log(softmax)`` is ``-inf`` and
+    its gradient ``0 / 0 = NaN`` even under the -100 clamp (a logit gap above ~104 in float32), which
+    made WUM's training loss non-finite. ``log p = log_softmax`` and ``log(1 - p)`` stay finite.
+    """
+    log_p = torch.log_softmax(logits, dim=-1).clamp(min=-100.0)
+    log_q = log_one_minus_softmax(logits).clamp(min=-100.0)
+    return -(target * log_p + (1.0 - target) * log_q).mean(dim=-1)
+
+
 def softened_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor,
                            temperature: float) -> torch.Tensor:
     """RSKP ``CategoryCrossEntropy``: mean over real snippets of ``-sum softmax(tgt/T) log_softmax(pred/T)``.

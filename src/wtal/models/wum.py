@@ -7,6 +7,12 @@ mask first, as the reference). Losses: ``BCE(softmax(top-k_act mean CAS), y/sum 
 ``BCE(softmax(mean CAS over background snippets), uniform)``, and
 ``(max(0, m - ||mean f_act||) + ||mean f_bkg||)^2``; total ``cls + 5e-4 um + 1 be``.
 
+The margin is ``margin * sqrt(width / margin_reference_dim)`` (100 at the reference's 2048-wide embedding;
+35.4 at 256): embedding norms grow like ``sqrt(width)``. Both BCE terms are computed from the logits
+(:func:`softmax_binary_cross_entropy`): ``log(softmax)`` of a logit gap above ~104 is ``log(0)``, and its
+gradient ``0/0`` made the parameters NaN and the next loss non-finite (measured: epoch 24 and 32 of 40 on
+256-d data).
+
 Test recipe (reference ``test.py``): magnitudes min-max normalised between the mean magnitude of the
 background and the action selections, clipped to [0, 1] (``m_t``); CAS = min-max over time of
 ``softmax_C(cas) * m_t``. Video scores: ``softmax(top-k_act mean CAS)``.
@@ -22,6 +28,7 @@ Differences: the reference trains on random T=750 crops; here whole videos, k fr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -31,7 +38,7 @@ from torch import nn
 
 from wtal.data.batch import Batch
 from wtal.models.base import ModelOutput
-from wtal.models.losses import binary_cross_entropy
+from wtal.models.losses import softmax_binary_cross_entropy
 from wtal.models.masked import (
     masked_conv1d,
     masked_fill_zero,
@@ -50,7 +57,8 @@ class WUMHyperparameters:
     dropout: float = 0.7  # classifier dropout and the magnitude-selection dropout
     act_ratio: float = 9.0  # r_act
     bkg_ratio: float = 4.0  # r_bkg
-    margin: float = 100.0
+    margin: float = 100.0  # at a 2048-wide embedding; scaled by (width / margin_reference_dim) ** 0.5
+    margin_reference_dim: int | None = 2048  # None: use ``margin`` as given at any width
     um_weight: float = 5e-4  # alpha
     be_weight: float = 1.0  # beta
 
@@ -68,6 +76,8 @@ class WUM(nn.Module):
         self.hp = parse_hyperparameters(WUMHyperparameters, "wum", hyperparameters)
         self.num_classes = num_classes
         hidden = self.hp.hidden_dim or input_dim
+        self.margin = self.hp.margin * (
+            1.0 if self.hp.margin_reference_dim is None else math.sqrt(hidden / self.hp.margin_reference_dim))
         self.embedding = nn.Conv1d(input_dim, hidden, kernel_size=3, padding=1)
         self.classifier = nn.Conv1d(hidden, num_classes, kernel_size=1, bias=False)
         self.dropout = nn.Dropout(self.hp.dropout)
@@ -87,8 +97,8 @@ class WUM(nn.Module):
         kf_act, kf_bkg = k_act.to(emb.dtype).unsqueeze(1), k_bkg.to(emb.dtype).unsqueeze(1)
         feat_act = torch.einsum("bt,btd->bd", act_f, emb) / kf_act
         feat_bkg = torch.einsum("bt,btd->bd", bkg_f, emb) / kf_bkg
-        score_act = torch.softmax(masked_topk_mean(cas, mask, k_act), dim=-1)
-        score_bkg = torch.softmax(torch.einsum("bt,btc->bc", bkg_f, cas) / kf_bkg, dim=-1)
+        logits_act = masked_topk_mean(cas, mask, k_act)
+        logits_bkg = torch.einsum("bt,btc->bc", bkg_f, cas) / kf_bkg
         # test-time magnitude normalisation between the background and the action mean magnitudes
         mag_act = (act_f * magnitude).sum(dim=1, keepdim=True) / kf_act
         mag_bkg = (bkg_f * magnitude).sum(dim=1, keepdim=True) / kf_bkg
@@ -98,20 +108,21 @@ class WUM(nn.Module):
         fg_open = fg.clamp(1e-6, 1.0 - 1e-6)
         background = torch.logsumexp(cas, dim=-1) + torch.log1p(-fg_open) - torch.log(fg_open)
         cas_logits = torch.cat([cas, background.unsqueeze(-1)], dim=-1)
-        return ModelOutput(video_scores=score_act, cas_logits=cas_logits, attention=fg,
-                           extras={"cas": cas, "score_bkg": score_bkg, "feat_act": feat_act, "feat_bkg": feat_bkg,
+        return ModelOutput(video_scores=torch.softmax(logits_act, dim=-1), cas_logits=cas_logits, attention=fg,
+                           extras={"cas": cas, "logits_act": logits_act, "logits_bkg": logits_bkg,
+                                   "feat_act": feat_act, "feat_bkg": feat_bkg,
                                    "magnitude": magnitude})
 
     def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
                ) -> dict[str, torch.Tensor]:
         hp = self.hp
         target = labels / labels.sum(dim=1, keepdim=True).clamp(min=1e-8)
-        cls = binary_cross_entropy(out.video_scores, target)
+        cls = softmax_binary_cross_entropy(out.extras["logits_act"], target)
         uniform = torch.full_like(labels, 1.0 / labels.shape[1])
-        be = binary_cross_entropy(out.extras["score_bkg"], uniform)
+        be = softmax_binary_cross_entropy(out.extras["logits_bkg"], uniform)
         act_norm = torch.linalg.vector_norm(out.extras["feat_act"], dim=-1)
         bkg_norm = torch.linalg.vector_norm(out.extras["feat_bkg"], dim=-1)
-        um = (F.relu(hp.margin - act_norm) + bkg_norm) ** 2
+        um = (F.relu(self.margin - act_norm) + bkg_norm) ** 2
         total = cls + hp.um_weight * um + hp.be_weight * be
         return {"total": total, "cls": cls, "be": be, "um": um}
 

@@ -24,16 +24,9 @@ from typing import Literal
 
 import torch
 
+from wtal.models.losses import log_one_minus_softmax
+
 LossKind = Literal["bounded", "cross_entropy"]
-
-
-def log_one_minus_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """``log(1 - softmax(logits))`` along the last axis, exact even where one ``p`` rounds to 1."""
-    n = logits.shape[-1]
-    others = logits.unsqueeze(-2).expand(*logits.shape, n)  # [..., c, k] = L_k
-    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
-    others = others.masked_fill(eye, float("-inf"))
-    return torch.logsumexp(others, dim=-1) - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
 def snippet_distill_loss(logits: torch.Tensor, target: torch.Tensor, kind: LossKind) -> torch.Tensor:

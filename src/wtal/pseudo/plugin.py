@@ -27,6 +27,13 @@ Configured by the run config's ``pseudo`` section, e.g. ``pseudo: {name: gaufuse
                            generation (its 99th percentile of positive labels), so targets live in
                            about [0, 1] whatever the CAS scale of the base model; Δ keeps its meaning
                            because all generations share the scale (paper preset: true)
+``loss_balance``           r, or null: at the first generation the distillation weight is set so that
+                           the weighted term equals r times the base model's own loss, both measured
+                           by one eval-mode pass over the training set against that generation
+                           (paper preset: 1.0); ``loss_weight`` then only shapes a ramp. Base models
+                           put their losses on very different scales (BaS-Net's is about 0.2, RSKP's
+                           about 1.5), so one absolute weight lets the labels swamp one model and
+                           barely touch another
 =========================  ====================================================================
 
 Epochs: the presets are written for a 350-epoch run and are mapped proportionally onto the run's
@@ -40,10 +47,10 @@ Presets
 the teacher in eval mode (deterministic labels); labels read through the model's test-time
 ``localization_scores`` (the same pipeline as test predictions), only for the video's ground-truth
 classes, no background column; the ``paper`` localizer (IoU grouping, weights softmax(q / T)) and the
-``paper`` LinPro (class-uniform by construction); the bounded loss; a constant weight
-:data:`PAPER_LOSS_WEIGHT`; labels normalised by one run-wide scale (``normalize``): LinPro labels carry
-the CAS's units (RSKP's softmax-times-attention CAS peaks near 0.04, a sigmoid CAS near 1), so without
-it the same weight means a 25x different loss for different base models.
+``paper`` LinPro (class-uniform by construction); the bounded loss; a constant weight balanced against
+the base model's loss (``loss_balance`` 1.0); labels normalised by one run-wide scale (``normalize``):
+LinPro labels carry the CAS's units (RSKP's softmax-times-attention CAS peaks near 0.04, a sigmoid CAS
+near 1), so without it the same weight means a 25x different loss for different base models.
 
 ``reference`` (faithful to the public code, reference-notes §3.1-§3.5): generations at 200, 230, 245,
 260, 275, 300 with T = 0.02, 0.02, 0.02, 0.002, 0.002, 0.0016; raw labels from 201, 2 Δ from 251, 2.15 Δ
@@ -69,23 +76,24 @@ from wtal.pseudo.distill import LossKind, distillation_loss
 from wtal.pseudo.generate import Generation, GenerationConfig, GenerationTimings, generate
 from wtal.pseudo.linpro import LinProConfig, LinProStats
 from wtal.pseudo.schedule import PRESET_EPOCHS, PseudoSchedule, TargetSpec, paper_schedule, reference_schedule
+from wtal.pseudo.teacher import model_device, snapshot_teacher
 
 logger = logging.getLogger(__name__)
 
-#: constant distillation weight of the paper preset (the paper gives none). The reference starts at
-#: 10 and grows to 50; Δ targets are differences of LinPro scores (typically |Δ| < 0.1), so 10 gives the
-#: term a size comparable to, but below, the base model's losses without the reference's growth.
+#: distillation weight of the paper preset when ``loss_balance`` is null or cannot be measured (the paper
+#: gives none; the reference starts at 10 and grows to 50). With the preset's ``loss_balance`` the
+#: measured balance replaces it.
 PAPER_LOSS_WEIGHT = 10.0
 
 _SCHEDULE_KEYS = tuple(f.name for f in fields(PseudoSchedule))
 _GENERATION_KEYS = ("source", "class_gate", "background_column", "teacher_dropout", "workers")
-_OTHER_KEYS = ("name", "method", "preset", "loss", "localize", "linpro", "normalize")
+_OTHER_KEYS = ("name", "method", "preset", "loss", "localize", "linpro", "normalize", "loss_balance")
 
 _PRESET_OPTIONS: dict[str, dict[str, Any]] = {
     "paper": dict(loss="bounded", source="localization", class_gate="labels", background_column=False,
-                  teacher_dropout=False, normalize=True),
+                  teacher_dropout=False, normalize=True, loss_balance=1.0),
     "reference": dict(loss="cross_entropy", source="distill_mix", class_gate="predicted",
-                      background_column=True, teacher_dropout=True, normalize=False),
+                      background_column=True, teacher_dropout=True, normalize=False, loss_balance=None),
 }
 
 
@@ -95,6 +103,7 @@ class GauFuseConfig:
     generation: GenerationConfig
     loss: LossKind
     normalize: bool = False
+    loss_balance: float | None = None
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | None, *, total_epochs: int) -> GauFuseConfig:
@@ -112,9 +121,18 @@ class GauFuseConfig:
             raise WtalInputError(f"unknown pseudo preset {preset!r}", fix="use 'paper' or 'reference'")
         schedule = _schedule(preset, cfg, total_epochs)
         opts = {**_PRESET_OPTIONS[preset],
-                **{k: cfg[k] for k in (*_GENERATION_KEYS, "loss", "normalize") if k in cfg}}
+                **{k: cfg[k] for k in (*_GENERATION_KEYS, "loss", "normalize", "loss_balance") if k in cfg}}
         loss = opts.pop("loss")
         normalize = bool(opts.pop("normalize"))
+        balance = opts.pop("loss_balance")
+        if balance is not None:
+            try:
+                balance = float(balance)
+            except (TypeError, ValueError):
+                balance = float("nan")
+            if not (balance > 0 and np.isfinite(balance)):
+                raise WtalInputError(f"pseudo.loss_balance must be a positive number or null, got "
+                                     f"{cfg.get('loss_balance')!r}", fix="e.g. loss_balance: 1.0")
         if loss not in ("bounded", "cross_entropy"):
             raise WtalInputError(f"unknown pseudo loss {loss!r}", fix="use 'bounded' or 'cross_entropy'")
         localize = _sub_config(LocalizeConfig, cfg.get("localize"), preset, "localize")
@@ -122,7 +140,8 @@ class GauFuseConfig:
             logger.info("pseudo labels use %s instead of Gaussian fusion", localize.method)
         linpro = _sub_config(LinProConfig, cfg.get("linpro"), preset, "linpro")
         generation = GenerationConfig(localize=localize, linpro=linpro, **opts)
-        return cls(schedule=schedule, generation=generation, loss=loss, normalize=normalize)
+        return cls(schedule=schedule, generation=generation, loss=loss, normalize=normalize,
+                   loss_balance=balance)
 
 
 def _schedule(preset: str, cfg: dict[str, Any], total_epochs: int) -> PseudoSchedule:
@@ -188,6 +207,7 @@ class GauFusePlugin:
         self.generations: list[Generation] = []
         self.history: list[dict[str, float]] = []  # one summary per generation made in this run
         self.label_scale = 1.0  # run-wide divisor of all generations (fixed at the first one if normalize)
+        self.weight_factor = 1.0  # multiplies the schedule's weight (fixed at the first one if loss_balance)
         self._cache_key: tuple | None = None
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -204,14 +224,18 @@ class GauFusePlugin:
         gen = generate(model, train_batches, self.config.generation, epoch=epoch,
                        temperature=self.schedule.temperatures[index])
         self._check_width(gen)
-        if self.config.normalize and not self.generations and not self.history:
+        first = not self.generations and not self.history
+        if self.config.normalize and first:
             self.label_scale = label_scale(gen.labels)
         self.generations = [*self.generations, gen][-self.schedule.keep_generations:]
+        if self.config.loss_balance is not None and first:
+            self.weight_factor = self._balanced_weight_factor(model, train_batches, epoch)
         t = gen.timings
         summary = {"epoch": float(epoch), "videos": float(len(gen.labels)), "teacher_s": t.teacher,
                    "postprocess_s": t.postprocess_wall, "lp_solved": float(gen.stats.solved),
                    "lp_relaxed": float(gen.stats.relaxed), "lp_failed": float(gen.stats.failed),
-                   "labelled_fraction": _labelled_fraction(gen.labels), "label_scale": self.label_scale}
+                   "labelled_fraction": _labelled_fraction(gen.labels), "label_scale": self.label_scale,
+                   "loss_weight": self.schedule.weight(epoch) * self.weight_factor}
         self.history.append(summary)
         logger.info("pseudo labels generation %d at epoch %d: %d videos, teacher %.2fs, "
                     "post-processing %.2fs, %s", index, epoch, len(gen.labels), t.teacher, t.postprocess_wall,
@@ -219,13 +243,48 @@ class GauFusePlugin:
 
     def loss(self, model: torch.nn.Module, out: Any, batch: Batch, epoch: int) -> torch.Tensor | None:
         spec = self.target_spec(epoch)
-        weight = self.schedule.weight(epoch)
+        weight = self.schedule.weight(epoch) * self.weight_factor
         if spec is None or weight == 0:
             return None
         branches = model.distill_logits(out)
         ref = branches[0][1]
         target = self._batch_targets(spec, batch, ref.shape[1], ref.device, ref.dtype)
         return weight * distillation_loss(branches, target, batch.mask, self.config.loss)
+
+    @torch.no_grad()
+    def _balanced_weight_factor(self, model: torch.nn.Module, train_batches: Callable[[], Iterable[Batch]],
+                                epoch: int) -> float:
+        """The factor that makes the weighted distillation term ``loss_balance`` x the base model's loss.
+
+        Both are per-video means over the training set from one pass of an eval-mode snapshot (no dropout,
+        no state updates; the same snapshot rule as the teacher), against the newest generation's raw
+        labels. Falls back to 1.0 (the configured ``loss_weight``), with a warning, when either mean is not
+        positive and finite (e.g. nothing labelled).
+        """
+        probe = snapshot_teacher(model)
+        spec = TargetSpec("raw", len(self.generations) - 1, None, 1.0)
+        base_sum = distill_sum = 0.0
+        videos = 0
+        for batch in train_batches():
+            batch = batch.to(model_device(probe))
+            out = probe(batch.features, batch.mask)
+            base_sum += float(probe.losses(out, batch.labels, batch.mask, epoch)["total"].sum())
+            branches = probe.distill_logits(out)
+            ref = branches[0][1]
+            target = self._batch_targets(spec, batch, ref.shape[1], ref.device, ref.dtype)
+            distill_sum += float(distillation_loss(branches, target, batch.mask, self.config.loss).sum())
+            videos += len(batch.names)
+        self._cache_key, self._cache = None, {}
+        weight = self.schedule.weight(epoch)
+        if not (base_sum > 0 and distill_sum > 0 and weight > 0 and np.isfinite(base_sum / distill_sum)):
+            logger.warning("pseudo.loss_balance: base loss %.4g and distillation loss %.4g give no usable "
+                           "balance; using loss_weight %.4g", base_sum, distill_sum, weight)
+            return 1.0
+        factor = self.config.loss_balance * base_sum / (distill_sum * weight)
+        logger.info("pseudo.loss_balance %.3g: base loss %.4g, distillation loss %.4g per video -> weight %.4g",
+                    self.config.loss_balance, base_sum / max(videos, 1), distill_sum / max(videos, 1),
+                    factor * weight)
+        return float(factor)
 
     # -- targets ---------------------------------------------------------------------------------
     def target_spec(self, epoch: int) -> TargetSpec | None:
@@ -286,6 +345,7 @@ class GauFusePlugin:
                             for g in self.generations],
             "history": [dict(h) for h in self.history],
             "label_scale": self.label_scale,
+            "weight_factor": self.weight_factor,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -299,6 +359,7 @@ class GauFusePlugin:
             for g in state["generations"]]
         self.history = [dict(h) for h in state.get("history", [])]
         self.label_scale = float(state.get("label_scale", 1.0))
+        self.weight_factor = float(state.get("weight_factor", 1.0))
         self._cache_key, self._cache = None, {}
 
 

@@ -50,7 +50,7 @@ def snapshot_teacher(model: torch.nn.Module, *, dropout: bool = False) -> torch.
     return teacher
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
     for t in model.buffers():
@@ -85,7 +85,7 @@ def teacher_scores(teacher: torch.nn.Module, train_batches: Callable[[], Iterabl
         raise ValueError(f"unknown teacher score source {source!r}")
     if background_column and source != "distill_mix":
         raise ValueError("a background column needs source='distill_mix'")
-    device = _device_of(teacher)
+    device = model_device(teacher)
     result: dict[str, VideoScores] = {}
     for batch in train_batches():
         batch = batch.to(device)
