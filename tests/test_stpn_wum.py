@@ -136,17 +136,19 @@ def test_softmax_bce_gradient_is_finite_where_the_softmax_underflows():
 
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e3, 1e5])
-def test_wum_losses_and_gradients_stay_finite_on_extreme_inputs(scale):
+@pytest.mark.parametrize("name", ["wum", "basnet"])  # both train on BCE of softmax video scores
+def test_softmax_bce_models_stay_finite_on_extreme_inputs(name, scale):
     torch.manual_seed(0)
-    model = build_model("wum", DIM, CLASSES, hidden_dim=24).train()
+    model = build_model(name, DIM, CLASSES, hidden_dim=24).train()
     labels = np.eye(CLASSES, dtype=np.float32)
     batch = collate_videos([(_video(t, t) * scale, labels[t % CLASSES], f"v{t}", t) for t in (1, 5, 40)])
+    classifier = model.classifier if name == "wum" else model.cas_module.classifier
     with torch.no_grad():  # a classifier with a huge logit range, as after a too-large learning rate
-        model.classifier.weight.mul_(1e3)
+        classifier.weight.mul_(1e3)
     out = model(batch.features, batch.mask)
     losses = model.losses(out, batch.labels, batch.mask, 0)
     losses["total"].sum().backward()
     for value in losses.values():
         assert torch.isfinite(value).all()
-    for name, param in model.named_parameters():
-        assert param.grad is None or torch.isfinite(param.grad).all(), name
+    for param_name, param in model.named_parameters():
+        assert param.grad is None or torch.isfinite(param.grad).all(), param_name
