@@ -8,8 +8,7 @@ For each model, on the same synthetic THUMOS-like videos and the same weights:
   gradient accumulation (one forward/backward per video, as RS/GF/MM do);
 - inference: length-sorted batches of at most ``eval_batch`` videos and ``--max-snippets`` padded
   snippets (the engine's ``length_sorted_batches``) vs one video at a time;
-- equal losses: the per-video losses of the engine's micro-batches and of single videos (dropout off).
-
+- equal losses: the per-video losses of the engine's micro-batches and of single videos (dropout off);
 - the batching bound: one-video training steps at T = 16, 64, 256, 1024 fitted as ``a + b T`` (a: the
   per-video cost that batching shares, dispatch and small ops; b: the per-snippet compute it cannot
   share). Perfect batching of ``batch`` videos of the mean length ``T`` (no padding, no extra work) is
@@ -76,8 +75,9 @@ def _infer_pass(model, dataset, eval_batch: int, batched: bool, max_snippets: in
     return time.process_time() - t0
 
 
-def _batching_bound(model, items, batch: int, mean_length: float) -> tuple[float, float, float]:
-    """``(a seconds/video, b seconds/snippet, bound)`` from timed one-video steps (see the module doc)."""
+def _batching_bound(model, items, batch: int, mean_length: float) -> tuple[float, float]:
+    """``(bound, a / (a + b T))`` from timed one-video steps: the speed-up bound and the per-video
+    overhead's share of a one-video step of the mean length (see the module doc)."""
     model.train()
     features, labels = items[0][0], items[0][1]
     rows = []
@@ -95,7 +95,7 @@ def _batching_bound(model, items, batch: int, mean_length: float) -> tuple[float
     slope, intercept = np.polyfit(*np.array(rows).T, 1)
     a, b = max(float(intercept), 0.0), max(float(slope), 1e-12)
     one = a + b * mean_length
-    return a, b, one / (a / batch + b * mean_length)
+    return one / (a / batch + b * mean_length), a / one
 
 
 @torch.no_grad()
@@ -157,8 +157,7 @@ def main() -> None:
         _train_pass(model, optimizer, items[: args.batch], args.batch, "micro", budget)  # warm-up
         tb, tp, ts = (min(_train_pass(model, optimizer, items, args.batch, mode, budget)
                           for _ in range(args.repeats)) for mode in ("micro", "padded", "single"))
-        a, b, bound = _batching_bound(model, items, args.batch, n_train / len(items))
-        overhead = a / (a + b * n_train / len(items))
+        bound, overhead = _batching_bound(model, items, args.batch, n_train / len(items))
         ib = min(_infer_pass(model, test, args.eval_batch, True, budget) for _ in range(args.repeats))
         is_ = min(_infer_pass(model, test, args.eval_batch, False, budget) for _ in range(args.repeats))
         print(f"{name:<8} {n_train / tb:>10.0f}/s {n_train / tp:>11.0f}/s {n_train / ts:>11.0f}/s {ts / tb:>8.2f}x "

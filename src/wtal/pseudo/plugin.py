@@ -246,10 +246,15 @@ class GauFusePlugin:
         weight = self.schedule.weight(epoch) * self.weight_factor
         if spec is None or weight == 0:
             return None
+        return weight * self._distillation_loss(model, out, batch, spec)
+
+    def _distillation_loss(self, model: torch.nn.Module, out: Any, batch: Batch, spec: TargetSpec
+                           ) -> torch.Tensor:
+        """The unweighted per-video ``(B,)`` distillation loss of ``model``'s output against ``spec``."""
         branches = model.distill_logits(out)
         ref = branches[0][1]
         target = self._batch_targets(spec, batch, ref.shape[1], ref.device, ref.dtype)
-        return weight * distillation_loss(branches, target, batch.mask, self.config.loss)
+        return distillation_loss(branches, target, batch.mask, self.config.loss)
 
     @torch.no_grad()
     def _balanced_weight_factor(self, model: torch.nn.Module, train_batches: Callable[[], Iterable[Batch]],
@@ -269,21 +274,17 @@ class GauFusePlugin:
             batch = batch.to(model_device(probe))
             out = probe(batch.features, batch.mask)
             base_sum += float(probe.losses(out, batch.labels, batch.mask, epoch)["total"].sum())
-            branches = probe.distill_logits(out)
-            ref = branches[0][1]
-            target = self._batch_targets(spec, batch, ref.shape[1], ref.device, ref.dtype)
-            distill_sum += float(distillation_loss(branches, target, batch.mask, self.config.loss).sum())
+            distill_sum += float(self._distillation_loss(probe, out, batch, spec).sum())
             videos += len(batch.names)
-        self._cache_key, self._cache = None, {}
+        base, distill = base_sum / max(videos, 1), distill_sum / max(videos, 1)
         weight = self.schedule.weight(epoch)
-        if not (base_sum > 0 and distill_sum > 0 and weight > 0 and np.isfinite(base_sum / distill_sum)):
-            logger.warning("pseudo.loss_balance: base loss %.4g and distillation loss %.4g give no usable "
-                           "balance; using loss_weight %.4g", base_sum, distill_sum, weight)
+        if not (base > 0 and distill > 0 and weight > 0 and np.isfinite(base / distill)):
+            logger.warning("pseudo.loss_balance: base loss %.4g and distillation loss %.4g per video give no "
+                           "usable balance; using loss_weight %.4g", base, distill, weight)
             return 1.0
-        factor = self.config.loss_balance * base_sum / (distill_sum * weight)
+        factor = self.config.loss_balance * base / (distill * weight)
         logger.info("pseudo.loss_balance %.3g: base loss %.4g, distillation loss %.4g per video -> weight %.4g",
-                    self.config.loss_balance, base_sum / max(videos, 1), distill_sum / max(videos, 1),
-                    factor * weight)
+                    self.config.loss_balance, base, distill, factor * weight)
         return float(factor)
 
     # -- targets ---------------------------------------------------------------------------------
