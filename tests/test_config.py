@@ -50,6 +50,15 @@ def test_every_thumos_model_has_a_config():
         assert cfg.model.name == name and cfg.eval.tiou == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 
 
+def test_stpn_config_has_the_reproduction_schedule():
+    # bellos1203/STPN: 80000 Adam steps of 6 videos at lr 1e-4 over THUMOS14's 200 training videos.
+    cfg = resolve_config(CONFIGS / "stpn.yaml")
+    assert cfg.optim.lr == 1e-4 and cfg.data.batch_size == 6
+    assert cfg.train.epochs * 200 / cfg.data.batch_size == 80000
+    short = resolve_config(CONFIGS / "stpn.yaml", epochs=40)  # 60x compression: sqrt rate rule, 1 video/step
+    assert short.data.batch_size == 1 and short.optim.lr == pytest.approx(1e-4 * 60 ** 0.5)
+
+
 def test_rskp_config_has_the_reference_optimiser():
     cfg = resolve_config(CONFIGS / "rskp.yaml")
     assert cfg.optim.lr == 5e-5 and cfg.optim.betas == [0.9, 0.99] and cfg.optim.weight_decay == 5e-4

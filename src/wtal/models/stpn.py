@@ -20,7 +20,10 @@ are pushed down through ``W`` on the common offset), BCE pulls every ``lambda_t`
 (its per-snippet gradient ``(1/T) x_t W^T (p - y)`` exceeds beta = 1e-4 by 1-2 orders of magnitude), the L1
 term never bites, and T-CAS is ``sigmoid(W x_t)`` alone. With a prior-initialised bias the same pull goes the
 other way: the attention collapses to 0 and the classifier stops learning. Presumably real 2048-d features are
-separable enough for the classifier to fit first (the regime beta was set for; not measured here).
+separable enough for the classifier to fit first (the regime beta was set for; not measured here). At the
+shipped 40-epoch schedule (``configs/stpn.yaml``, the reproduction's 80000 steps compressed 60x with the
+``sqrt`` rate rule) the attention is saturated from epoch 5 on, and STPN localizes with ``sigmoid(W x_t)``
+alone: 12.7 test AVG mAP(0.1:0.7) on 256-d synthetic data (configs/README.md).
 """
 
 from __future__ import annotations
