@@ -6,7 +6,8 @@
 Tables (``--tables``; ``3`` means ``3-train,3-test``):
 
 * ``3-train``: pseudo-label boundaries from NMS or uniform / exponential / t / Gaussian fusion
-  (``pseudo.localize.method/template``, paper preset, Δ on); test post-processing NMS (the base config's).
+  (``pseudo.localize.method/template`` over the ``pseudo`` section of ``*_gaufuse.yaml``, Δ on); test
+  post-processing NMS (the base config's). Every pseudo-label row starts from that shipped section.
 * ``3-test``: the base model trained without pseudo labels; its saved test CAS post-processed with NMS
   (the run's own report) or fusion with each template (the ``*_gaufuse.yaml`` post-processing).
 * ``4``: baseline; + LinPro (NMS boundaries, no Δ); + fusion (Gaussian boundaries, no Δ); + Δ;
@@ -92,12 +93,24 @@ def plain(model: str, label: str, test: tuple[str, dict] | None = None) -> Row:
     return Row(label, model, f"{model}.yaml", test=test)
 
 
+def as_overrides(prefix: str, section: dict) -> tuple[str, ...]:
+    """``--set`` strings that rebuild ``section`` (nested dicts as dotted keys, values as JSON)."""
+    out: list[str] = []
+    for key, value in section.items():
+        if isinstance(value, dict):
+            out += as_overrides(f"{prefix}.{key}", value)
+        else:
+            out.append(f"{prefix}.{key}={value if isinstance(value, str) else json.dumps(value)}")
+    return tuple(out)
+
+
 def with_pseudo(model: str, label: str, boundaries: str, delta: bool, test: tuple[str, dict] | None = None) -> Row:
-    """The plain config (its NMS test post-processing) plus paper-preset pseudo labels."""
+    """The plain config (its NMS test post-processing) plus the pseudo labels of ``MODEL_gaufuse.yaml``."""
+    shipped = as_overrides("pseudo", load_yaml(CONFIG_DIR / f"{model}_gaufuse.yaml")["pseudo"])
     method = (("pseudo.localize.method=nms",) if boundaries == "nms"
               else ("pseudo.localize.method=fusion", f"pseudo.localize.template={boundaries}"))
     no_delta = () if delta else ("pseudo.delta_start_epochs=[]", "pseudo.delta_scales=[]")
-    overrides = ("pseudo.name=gaufuse", "pseudo.preset=paper", *method, *no_delta)
+    overrides = (*shipped, *method, *no_delta)
     variant = f"{model}-pl-{boundaries}" + ("-delta" if delta else "")
     return Row(label, variant, f"{model}.yaml", overrides, test)
 

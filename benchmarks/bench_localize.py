@@ -125,7 +125,7 @@ def slow_overlap(a, b, kind):
     return inter / (b[1] - b[0] + 1)
 
 
-def slow_fusion(props, cfg: LocalizeConfig):
+def slow_fusion(props, cfg: LocalizeConfig, temperature: float):
     """Gaussian fusion: greedy groups around the best remaining instance, softmax-weighted means."""
     use_inner = cfg.fusion_weights == "inner"
     remaining = sorted(props, key=lambda p: (-p[2], p[0], p[1], -(p[3] if use_inner else p[2])))
@@ -135,7 +135,7 @@ def slow_fusion(props, cfg: LocalizeConfig):
         group = [top] + [p for p in remaining[1:] if slow_overlap(top, p, cfg.overlap) > cfg.fuse_iou]
         logits = [p[3] if use_inner else p[2] for p in group]
         best = max(logits)
-        weights = [math.exp((x - best) / cfg.temperature) for x in logits]
+        weights = [math.exp((x - best) / temperature) for x in logits]
         total = sum(weights)
         fused.append(tuple(sum(w * p[k] for w, p in zip(weights, group, strict=True)) / total
                            for k in range(3)))
@@ -151,7 +151,10 @@ def slow_localize(cas, scores, cfg: LocalizeConfig, rate: float):
             if scores[name][c] < cfg.class_threshold:
                 continue
             col = [float(x) for x in video[:, c]]
-            for s, e, q in slow_fusion(slow_proposals(col, cfg.thresholds, cfg), cfg):
+            spread = max(col) - min(col)
+            relative = cfg.temperature_mode == "relative" and spread > 0
+            temperature = cfg.temperature * spread if relative else cfg.temperature
+            for s, e, q in slow_fusion(slow_proposals(col, cfg.thresholds, cfg), cfg, temperature):
                 start, end = float(snippets_to_seconds(s, rate)), float(snippets_to_seconds(e, rate))
                 rows.append((name, c, start, end, q))
     return rows
@@ -163,11 +166,12 @@ def staged_localize(cas, scores, cfg: LocalizeConfig, rate: float):
     """The steps of ``localize_batch`` on the whole set, timed one by one (CPU seconds)."""
     timing = {}
     t0 = time.process_time()
-    columns, lengths, track_video, track_class = [], [], [], []
+    columns, lengths, track_video, track_class, track_range = [], [], [], [], []
     for i, (name, video) in enumerate(cas.items()):
         video = check_cas(video, name)
         keep = gated_classes(video.shape[1], scores[name], cfg)
         columns.append(video[:, keep].T.ravel())
+        track_range.append(np.ptp(video[:, keep], axis=0))
         lengths.append(np.full(len(keep), len(video)))
         track_video.append(np.full(len(keep), i))
         track_class.append(keep)
@@ -177,7 +181,7 @@ def staged_localize(cas, scores, cfg: LocalizeConfig, rate: float):
                             convention=cfg.preset, dedup=cfg.dedup, merge_copies=True)
     t2 = time.process_time()
     track, start, end, score = suppress(props.track, props.start, props.end, props.score, props.inner, cfg,
-                                        props.count)
+                                        props.count, column_range=np.concatenate(track_range))
     t3 = time.process_time()
     names = np.array(list(cas), dtype=object)
     table = SegmentTable([f"class_{c}" for c in range(N_CLASSES)], names[np.concatenate(track_video)[track]],

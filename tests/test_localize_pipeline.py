@@ -58,7 +58,8 @@ def test_relative_mode_without_a_grid_takes_the_relative_grid():
 
 
 @pytest.mark.parametrize("overrides", [{"temperature": -1.0}, {"method": "wbf"}, {"template": "cauchy"},
-                                       {"thresholds": []}, {"min_length": 0}, {"nonsense": 1}])
+                                       {"thresholds": []}, {"min_length": 0}, {"nonsense": 1},
+                                       {"temperature_mode": "scaled"}])
 def test_bad_settings_raise_input_errors(overrides):
     with pytest.raises(WtalInputError):
         LocalizeConfig.from_preset("paper", **overrides)
@@ -67,6 +68,41 @@ def test_bad_settings_raise_input_errors(overrides):
 
 
 # --- one video -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("template", ["gaussian", "exponential", "t"])
+def test_relative_temperature_makes_fusion_scale_free(template):
+    # relative thresholds find the same runs on k * CAS; a relative temperature then gives the same fused
+    # boundaries and k times the scores, while an absolute one sharpens the weights as k grows
+    cas, scores = _video(seed=4)
+    cas[30:70, 1] += np.linspace(0.0, 0.02, 40)  # uneven: proposals at different thresholds disagree
+    relative = LocalizeConfig.from_preset("paper", temperature_mode="relative", temperature=0.75,
+                                          template=template, class_threshold=0.0)
+    absolute = LocalizeConfig.from_preset("paper", temperature=0.03, template=template, class_threshold=0.0)
+    base = localize_video(cas, scores, relative)
+    assert len(base) > 0
+    for k in (0.01, 25.0):
+        scaled = localize_video(k * cas, scores, relative)
+        np.testing.assert_array_equal(scaled.cls, base.cls)
+        np.testing.assert_allclose(scaled.start, base.start, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(scaled.end, base.end, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(scaled.score, k * base.score, rtol=1e-9, atol=0)
+    small, large = localize_video(0.01 * cas, scores, absolute), localize_video(25.0 * cas, scores, absolute)
+    assert not (np.allclose(small.start, large.start) and np.allclose(small.end, large.end))
+
+
+def test_relative_temperature_is_the_absolute_one_times_the_column_range():
+    cas, scores = _video(seed=5)
+    cas[30:70, 1] += np.linspace(0.0, 0.02, 40)
+    one = cas[:, [1]]
+    spread = float(one.max() - one.min())
+    got = localize_video(one, None, LocalizeConfig.from_preset("paper", temperature_mode="relative", temperature=0.5))
+    want = localize_video(one, None, LocalizeConfig.from_preset("paper", temperature=0.5 * spread))
+    for a, b in zip((got.start, got.end, got.score), (want.start, want.end, want.score), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="column ranges"):
+        suppress(np.zeros(1, np.int64), np.zeros(1), np.ones(1), np.ones(1), np.ones(1),
+                 LocalizeConfig.from_preset("paper", temperature_mode="relative"))
+
 
 @pytest.mark.parametrize("preset", ["paper", "reference"])
 @pytest.mark.parametrize("method", ["fusion", "nms", "soft-nms"])
@@ -114,10 +150,12 @@ def test_bad_video_scores_raise_input_error_with_the_video():
         localize_video(cas, np.array([0.1, 0.2]), LocalizeConfig(), video="v1")
 
 
-@pytest.mark.parametrize("preset", ["paper", "reference"])
-def test_matches_the_straightforward_implementation(preset):
+@pytest.mark.parametrize("preset, overrides", [("paper", {}), ("reference", {}),
+                                               ("paper", {"temperature_mode": "relative", "temperature": 0.75}),
+                                               ("reference", {"temperature_mode": "relative"})])
+def test_matches_the_straightforward_implementation(preset, overrides):
     bench = load_benchmark("bench_localize")
-    cfg = LocalizeConfig.from_preset(preset)
+    cfg = LocalizeConfig.from_preset(preset, **overrides)
     cas, scores = bench.synthetic_cas(seed=3)
     names = list(cas)[:12]
     cas, scores = {n: cas[n] for n in names}, {n: scores[n] for n in names}
@@ -266,3 +304,19 @@ def test_cli_localize_and_its_errors(tmp_path, capsys):
     assert main(["localize", "--cas", str(tmp_path / "none.npz"), "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["localize", "--cas", str(path), "--out", str(out), "--temperature", "-1"]) == 2
+
+
+def test_cli_localize_relative_temperature_is_scale_free(tmp_path):
+    cas_a, s_a = _video(3)
+    cas_a[30:70, 1] += np.linspace(0.0, 0.02, 40)
+    rows = {}
+    for k in (1.0, 20.0):
+        path = write_cas_file(tmp_path / f"cas{k}.npz", {"a": k * cas_a}, CLASSES, scores={"a": s_a})
+        out = tmp_path / f"preds{k}.json"
+        assert main(["localize", "--cas", str(path), "--out", str(out), "--temperature", "0.75",
+                     "--temperature-mode", "relative"]) == 0
+        rows[k] = json.loads(out.read_text())["results"]["a"]
+    assert len(rows[1.0]) == len(rows[20.0]) > 0
+    for a, b in zip(rows[1.0], rows[20.0], strict=True):
+        assert a["segment"] == pytest.approx(b["segment"], abs=1e-6)
+        assert 20.0 * a["score"] == pytest.approx(b["score"], rel=1e-5)

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", choices=["paper", "reference"], default="paper")
     s.add_argument("--template", choices=["gaussian", "uniform", "exponential", "t"], default=None)
     s.add_argument("--temperature", type=float, default=None)
+    s.add_argument("--temperature-mode", choices=["absolute", "relative"], default=None,
+                   help="relative: the temperature is in units of each CAS column's range (scale-free)")
     s.add_argument("--class-threshold", type=float, default=None)
     s.set_defaults(_target="wtal.localize.command:localize_command")
 
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="labels.npz to write")
     s.add_argument("--preset", choices=["paper", "reference"], default="paper")
     s.add_argument("--temperature", type=float, default=None)
+    s.add_argument("--temperature-mode", choices=["absolute", "relative"], default=None,
+                   help="relative: the temperature is in units of each CAS column's range (scale-free)")
     s.add_argument("--class-threshold", type=float, default=None)
     s.set_defaults(_target="wtal.pseudo.command:pseudolabel_command")
 

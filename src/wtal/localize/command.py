@@ -8,12 +8,12 @@ from wtal.localize.pipeline import LocalizeConfig, localize_videos
 
 def localize_command(cas: str, out: str, method: str = "fusion", preset: str = "paper",
                      template: str | None = None, temperature: float | None = None,
-                     class_threshold: float | None = None) -> int:
+                     class_threshold: float | None = None, temperature_mode: str | None = None) -> int:
     """Localize every video of the CAS file ``cas`` and write the detections (seconds) to ``out``."""
     from wtal.evaluation.results import write_results  # lazy: evaluation is not needed to localize
 
     cfg = LocalizeConfig.from_preset(preset, method=method, template=template, temperature=temperature,
-                                     class_threshold=class_threshold)
+                                     class_threshold=class_threshold, temperature_mode=temperature_mode)
     cas_by_video, scores, classes, rate = read_cas_file(cas)
     table = localize_videos(cas_by_video, scores, classes, cfg, rate)
     path = write_results(out, table)

@@ -51,6 +51,10 @@ class LocalizeConfig:
     method: str = "fusion"  # "fusion" | "nms" | "soft-nms"
     template: str = "gaussian"  # fusion template: "gaussian" | "exponential" | "uniform" | "t"
     temperature: float = 0.03  # fusion softmax temperature, in units of the weight logits
+    # "absolute": temperature in the units of the weight logits (scores) | "relative": in units of each
+    # fused CAS column's range (max - min over the video), as relative thresholds are, so it means the same
+    # on a softmax CAS (range ~1) as on the reference's CAS x attention (range ~0.04)
+    temperature_mode: str = "absolute"
     class_threshold: float = 0.16  # keep a class when its video score is >= this
     thresholds: tuple[float, ...] = PAPER_THRESHOLDS
     threshold_mode: str = "relative"  # "relative" (fractions of each column's range) | "absolute"
@@ -76,6 +80,7 @@ class LocalizeConfig:
         _choice("method", self.method, METHODS)
         _choice("template", self.template, TEMPLATES)
         _choice("threshold_mode", self.threshold_mode, ("relative", "absolute"))
+        _choice("temperature_mode", self.temperature_mode, ("relative", "absolute"))
         _choice("margin", self.margin, ("linear", "power"))
         _choice("overlap", self.overlap, OVERLAPS)
         _choice("fusion_weights", self.fusion_weights, ("score", "inner"))
@@ -194,12 +199,13 @@ def localize_batch(cas: Sequence[np.ndarray], video_scores: Sequence[np.ndarray 
     """
     labels = [None] * len(cas) if labels is None else labels
     names = [None] * len(cas) if names is None else names
-    columns, lengths, track_video, track_class, track_score = [], [], [], [], []
+    columns, lengths, track_video, track_class, track_score, track_range = [], [], [], [], [], []
     for i, (video_cas, vs, lab, name) in enumerate(zip(cas, video_scores, labels, names, strict=True)):
         video_cas = check_cas(video_cas, name)
         n_t, n_c = video_cas.shape
         keep = gated_classes(n_c, vs, cfg, lab, name)
         columns.append(video_cas[:, keep].T.ravel())
+        track_range.append(np.ptp(video_cas[:, keep], axis=0))
         lengths.append(np.full(len(keep), n_t))
         track_video.append(np.full(len(keep), i))
         track_class.append(keep)
@@ -212,20 +218,27 @@ def localize_batch(cas: Sequence[np.ndarray], video_scores: Sequence[np.ndarray 
                             track_scores=np.concatenate(track_score), gamma=cfg.score_gamma,
                             convention=cfg.preset, dedup=cfg.dedup, merge_copies=True)
     track, start, end, score = suppress(props.track, props.start, props.end, props.score, props.inner, cfg,
-                                        props.count)
+                                        props.count, column_range=np.concatenate(track_range))
     video = np.concatenate(track_video).astype(np.int64)[track]
     cls = np.concatenate(track_class).astype(np.int64)[track]
     return video, cls, start, end, score
 
 
-def suppress(cls, start, end, score, inner, cfg: LocalizeConfig, count=None):
+def suppress(cls, start, end, score, inner, cfg: LocalizeConfig, count=None, column_range=None):
     """Proposals of several classes -> ``(cls, start, end, score)`` by ``cfg.method``, each class on its own.
 
     Ordered by class, then descending score. ``count`` (default: all 1) is the number of identical copies
-    each proposal stands for; the result is that of the copies listed one by one.
+    each proposal stands for; the result is that of the copies listed one by one. ``column_range[c]`` is
+    the range of class ``c``'s CAS column, required by ``temperature_mode="relative"`` fusion.
     """
     if cfg.method == "fusion":
-        weights = inner if cfg.fusion_weights == "inner" else None
+        weights = inner if cfg.fusion_weights == "inner" else score
+        if cfg.temperature_mode == "relative":
+            if column_range is None:
+                raise ValueError("temperature_mode 'relative' needs the CAS column ranges")
+            spread = np.asarray(column_range, dtype=np.float64)[np.asarray(cls, dtype=np.int64)]
+            # a flat column yields no proposals from relative thresholds; keep absolute units if it does
+            weights = np.asarray(weights, dtype=np.float64) / np.where(spread > 0, spread, 1.0)
         return fuse_by_class(cls, start, end, score, temperature=cfg.temperature, iou_threshold=cfg.fuse_iou,
                              template=cfg.template, weights_from=weights, overlap=cfg.overlap, dof=cfg.t_dof,
                              count=count)

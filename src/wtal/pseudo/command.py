@@ -28,13 +28,13 @@ TRAINING_TEMPERATURE = {"paper": 0.1, "reference": 0.02}
 
 
 def pseudolabel_command(cas: str, out: str, preset: str = "paper", temperature: float | None = None,
-                        class_threshold: float | None = None) -> int:
+                        class_threshold: float | None = None, temperature_mode: str | None = None) -> int:
     """Localize every video of ``cas`` with fusion, run LinPro and write the labels to ``out``."""
     t0 = time.perf_counter()
     if temperature is None:
         temperature = TRAINING_TEMPERATURE.get(preset)
     localize_cfg = LocalizeConfig.from_preset(preset, method="fusion", temperature=temperature,
-                                              class_threshold=class_threshold)
+                                              class_threshold=class_threshold, temperature_mode=temperature_mode)
     linpro_cfg = LinProConfig.from_preset(preset)
     cas_by_video, scores, classes, rate = read_cas_file(cas)
 

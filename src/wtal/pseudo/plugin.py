@@ -50,7 +50,10 @@ classes, no background column; the ``paper`` localizer (IoU grouping, weights so
 ``paper`` LinPro (class-uniform by construction); the bounded loss; a constant weight balanced against
 the base model's loss (``loss_balance`` 1.0); labels normalised by one run-wide scale (``normalize``):
 LinPro labels carry the CAS's units (RSKP's softmax-times-attention CAS peaks near 0.04, a sigmoid CAS
-near 1), so without it the same weight means a 25x different loss for different base models.
+near 1), so without it the same weight means a 25x different loss for different base models. The fusion
+temperatures are in the units of the CAS scores unless ``localize: {temperature_mode: relative}`` makes them
+fractions of each CAS column's range (``rskp_gaufuse.yaml`` does: the paper's 0.1 was set on a CAS of
+range ~0.04, so 2.5 there).
 
 ``reference`` (faithful to the public code, reference-notes §3.1-§3.5): generations at 200, 230, 245,
 260, 275, 300 with T = 0.02, 0.02, 0.02, 0.002, 0.002, 0.0016; raw labels from 201, 2 Δ from 251, 2.15 Δ
