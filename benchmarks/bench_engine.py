@@ -42,6 +42,7 @@ from wtal.data.batch import collate_videos
 from wtal.data.dataset import VideoDataset
 from wtal.data.sources import open_source
 from wtal.data.synthetic import SynthConfig, write_synthetic
+from wtal.engine.allocator import keep_freed_memory
 from wtal.engine.rundata import default_max_snippets, length_sorted_batches, plan_micro_batches
 from wtal.models.factory import build_model
 
@@ -135,7 +136,11 @@ def main() -> None:
     p.add_argument("--max-snippets", type=int, default=None,
                    help="padded snippets per pass (default: the engine's default_max_snippets(dim))")
     p.add_argument("--data", default=None, help="existing feature source (default: generate one)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="apply the trainer's glibc setting (wtal.engine.allocator) to every path")
     args = p.parse_args()
+    if args.keep_freed_memory and not keep_freed_memory():
+        print("--keep-freed-memory: not glibc, nothing applied")
     if args.threads:
         torch.set_num_threads(args.threads)
     clock_name = args.clock or ("cpu" if torch.get_num_threads() == 1 else "wall")
@@ -166,11 +171,17 @@ def main() -> None:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
         diff = _loss_difference(model, items, args.batch, budget)
         _train_pass(model, optimizer, items[: args.batch], args.batch, "micro", budget, clock)  # warm-up
-        tb, tp, ts = (min(_train_pass(model, optimizer, items, args.batch, mode, budget, clock)
-                          for _ in range(args.repeats)) for mode in ("micro", "padded", "single"))
+        # repeats interleave the three paths: one path's large allocations change glibc malloc's dynamic mmap
+        # threshold, and with it the page faults of every later pass, so no path may only run before another
+        times = {mode: [] for mode in ("micro", "padded", "single")}
+        for _ in range(args.repeats):
+            for mode, seen in times.items():
+                seen.append(_train_pass(model, optimizer, items, args.batch, mode, budget, clock))
+        tb, tp, ts = (min(times[mode]) for mode in ("micro", "padded", "single"))
         bound, overhead = _batching_bound(model, items, args.batch, n_train / len(items), clock)
-        ib = min(_infer_pass(model, test, args.eval_batch, True, budget, clock) for _ in range(args.repeats))
-        is_ = min(_infer_pass(model, test, args.eval_batch, False, budget, clock) for _ in range(args.repeats))
+        infer = [(_infer_pass(model, test, args.eval_batch, True, budget, clock),
+                  _infer_pass(model, test, args.eval_batch, False, budget, clock)) for _ in range(args.repeats)]
+        ib, is_ = (min(t[k] for t in infer) for k in (0, 1))
         print(f"{name:<8} {n_train / tb:>10.0f}/s {n_train / tp:>11.0f}/s {n_train / ts:>11.0f}/s {ts / tb:>8.2f}x "
               f"{bound:>5.2f}x {overhead:>8.0%} {n_test / ib:>12.0f}/s {n_test / is_:>11.0f}/s {is_ / ib:>8.2f}x "
               f"{diff:>12.2e}", flush=True)

@@ -273,3 +273,47 @@ def test_width_scaling_sets_the_optimiser_rate_from_the_feature_dimension(tmp_pa
     assert used == pytest.approx(cfg.optim.lr * 2.0)  # (4 D / D) ** 0.5
     assert record["lr"] == pytest.approx(used)  # metrics.jsonl shows the rate actually used
     assert cfg.optim.lr == base.cfg.optim.lr  # the config keeps the configured rate
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_trainer_keeps_freed_memory_only_when_asked(tmp_path, tiny_data, monkeypatch, enabled):  # noqa: F811
+    calls = []
+    monkeypatch.setattr("wtal.engine.trainer.keep_freed_memory", lambda: calls.append(1) or True)
+    Trainer(_cfg(tmp_path, tiny_data, sets=[f"train.keep_freed_memory={str(enabled).lower()}"]), None,
+            device="cpu")
+    assert calls == ([1] if enabled else [])
+
+
+def test_keep_freed_memory_serves_large_blocks_from_the_heap():
+    # in a fresh process: glibc mmaps a 64 MB block by default; after keep_freed_memory() it comes from the heap
+    import subprocess
+    import sys
+
+    script = """
+import ctypes, sys
+from wtal.engine.allocator import keep_freed_memory
+libc = ctypes.CDLL(None)
+if not hasattr(libc, "mallinfo2"):
+    print("skip"); sys.exit()
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc.mallinfo2.restype = Info
+def mmapped_after_alloc():
+    block = libc.malloc(64 << 20)
+    size = libc.mallinfo2().hblkhd
+    libc.free(block)
+    return size
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+before = mmapped_after_alloc()
+applied = keep_freed_memory()
+print(applied, before >= 64 << 20, mmapped_after_alloc() < 64 << 20)
+"""
+    if sys.platform != "linux":
+        pytest.skip("glibc only")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    if out == ["skip"]:
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    assert out == ["True", "True", "True"]

@@ -8,7 +8,7 @@ A config file is complete and self-contained (no ``_base_`` inheritance). Sectio
     optim:       {name, lr, betas, weight_decay, grad_clip,
                   schedule: {type: constant|step, milestones, factors, warmup_epochs}}
     train:       {epochs, eval_every, seed, select: val|last|test, deterministic, tensorboard, progress,
-                  num_threads}
+                  num_threads, keep_freed_memory}
     eval:        {tiou: [...]}
     postprocess: {preset, ...}                    # -> LocalizeConfig.from_preset(preset, **rest)
     pseudo:      null | {name, ...}               # trainer plug-ins (see wtal.engine.plugins)
@@ -188,6 +188,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     num_threads: int | None = None  # torch intra-op threads, set when the Trainer starts (null: torch's default)
+    keep_freed_memory: bool = True  # CPU on glibc: no mmap/trim churn per step (wtal.engine.allocator)
 
     def validate(self) -> None:
         if self.num_threads is not None and self.num_threads < 1:

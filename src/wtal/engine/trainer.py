@@ -38,6 +38,7 @@ import torch
 
 from wtal.atomic import write_json_atomic, write_text_atomic
 from wtal.data.batch import Batch, collate_videos
+from wtal.engine.allocator import keep_freed_memory
 from wtal.engine.checkpoint import load_checkpoint, save_checkpoint
 from wtal.engine.config import OptimConfig, RunConfig
 from wtal.engine.distributed import DistContext, resolve_device
@@ -102,6 +103,8 @@ class Trainer:
         self.log = get_logger()
         if cfg.train.num_threads is not None:  # process-wide: oversubscribed cores make torch much slower
             torch.set_num_threads(cfg.train.num_threads)
+        if cfg.train.keep_freed_memory and self.device.type == "cpu" and keep_freed_memory():
+            self.log.debug("glibc malloc: heap only, no trimming (train.keep_freed_memory)")
         seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
         self.data = data if data is not None else prepare_data(cfg)
         self.model = build_model(cfg, self.data.input_dim, len(self.data.classes)).to(self.device)
