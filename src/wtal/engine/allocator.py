@@ -4,12 +4,12 @@ Why: a training step allocates and frees the same large buffers every time (acti
 gradients of 2048-wide layers: tens of MB each). glibc serves requests above its mmap threshold (dynamic,
 at most 32 MB) with fresh ``mmap`` calls and returns them (and the trimmed heap top) to the OS on free, so
 every step pays page faults to zero the same memory again. With mmap off (``M_MMAP_MAX = 0``) and no
-trimming, freed memory is reused at once. Measured (session 4, one thread, 2048-d synthetic features):
-BaS-Net's training passes 1.4-1.5x faster in isolation and 1.2x end to end (31 -> 26 s per epoch), RSKP
-1.1x. The price: the process keeps its peak memory (RSS does not shrink after a large step).
+trimming, freed memory is reused at once. Measured (session 4, one thread, synthetic features, identical
+losses): a BaS-Net training epoch on 2048-d features 34.4 -> 26.2 s (1.31x), RSKP 1.13x on 2048-d and
+1.19x on 256-d. The price: the process keeps its peak memory (RSS does not shrink after a large step).
 
-Process-wide and irreversible, so only the trainer applies it, on CPU, when ``train.keep_freed_memory`` is
-true (the default); a no-op outside Linux/glibc (macOS, Windows, musl).
+Process-wide and irreversible, so the trainer applies it only on CPU and when ``train.keep_freed_memory``
+is true (the default); a no-op outside Linux/glibc (macOS, Windows, musl).
 """
 
 from __future__ import annotations
