@@ -21,8 +21,15 @@ import numpy as np
 
 from wtal.data.segments import SegmentTable
 from wtal.data.timebase import I3D_SNIPPETS_PER_SECOND, snippet_count, snippets_to_seconds
-from wtal.localize.pipeline import LocalizeConfig, check_cas, gated_classes, localize_videos, suppress
-from wtal.localize.proposals import track_proposals
+from wtal.localize.pipeline import (
+    LocalizeConfig,
+    check_cas,
+    gated_classes,
+    localize_videos,
+    needs_column_range,
+    suppress,
+)
+from wtal.localize.proposals import track_proposals, track_ranges
 
 N_VIDEOS, N_CLASSES = 212, 20
 SHARED_THUMOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "thumos14"
@@ -166,22 +173,23 @@ def staged_localize(cas, scores, cfg: LocalizeConfig, rate: float):
     """The steps of ``localize_batch`` on the whole set, timed one by one (CPU seconds)."""
     timing = {}
     t0 = time.process_time()
-    columns, lengths, track_video, track_class, track_range = [], [], [], [], []
+    columns, lengths, track_video, track_class = [], [], [], []
     for i, (name, video) in enumerate(cas.items()):
         video = check_cas(video, name)
         keep = gated_classes(video.shape[1], scores[name], cfg)
         columns.append(video[:, keep].T.ravel())
-        track_range.append(np.ptp(video[:, keep], axis=0))
         lengths.append(np.full(len(keep), len(video)))
         track_video.append(np.full(len(keep), i))
         track_class.append(keep)
     t1 = time.process_time()
-    props = track_proposals(np.concatenate(columns), np.concatenate(lengths), cfg.thresholds, cfg.outer_margin(),
+    values, lengths = np.concatenate(columns), np.concatenate(lengths)
+    props = track_proposals(values, lengths, cfg.thresholds, cfg.outer_margin(),
                             relative=cfg.threshold_mode == "relative", min_length=cfg.min_length,
                             convention=cfg.preset, dedup=cfg.dedup, merge_copies=True)
     t2 = time.process_time()
+    column_range = track_ranges(values, lengths)[1] if needs_column_range(cfg) else None
     track, start, end, score = suppress(props.track, props.start, props.end, props.score, props.inner, cfg,
-                                        props.count, column_range=np.concatenate(track_range))
+                                        props.count, column_range=column_range)
     t3 = time.process_time()
     names = np.array(list(cas), dtype=object)
     table = SegmentTable([f"class_{c}" for c in range(N_CLASSES)], names[np.concatenate(track_video)[track]],

@@ -34,7 +34,7 @@ from wtal.data.segments import SegmentTable
 from wtal.data.timebase import snippets_to_seconds
 from wtal.errors import WtalInputError
 from wtal.localize.fusion import OVERLAPS, TEMPLATES, fuse_by_class
-from wtal.localize.proposals import LinearMargin, PowerMargin, track_proposals
+from wtal.localize.proposals import LinearMargin, PowerMargin, track_proposals, track_ranges
 from wtal.localize.suppression import nms_by_class, soft_nms
 
 PRESETS = ("paper", "reference")
@@ -199,13 +199,12 @@ def localize_batch(cas: Sequence[np.ndarray], video_scores: Sequence[np.ndarray 
     """
     labels = [None] * len(cas) if labels is None else labels
     names = [None] * len(cas) if names is None else names
-    columns, lengths, track_video, track_class, track_score, track_range = [], [], [], [], [], []
+    columns, lengths, track_video, track_class, track_score = [], [], [], [], []
     for i, (video_cas, vs, lab, name) in enumerate(zip(cas, video_scores, labels, names, strict=True)):
         video_cas = check_cas(video_cas, name)
         n_t, n_c = video_cas.shape
         keep = gated_classes(n_c, vs, cfg, lab, name)
         columns.append(video_cas[:, keep].T.ravel())
-        track_range.append(np.ptp(video_cas[:, keep], axis=0))
         lengths.append(np.full(len(keep), n_t))
         track_video.append(np.full(len(keep), i))
         track_class.append(keep)
@@ -213,15 +212,22 @@ def localize_batch(cas: Sequence[np.ndarray], video_scores: Sequence[np.ndarray 
     lengths = np.concatenate(lengths).astype(np.int64)
     if not len(lengths):
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0)
-    props = track_proposals(np.concatenate(columns), lengths, cfg.thresholds, cfg.outer_margin(),
+    values = np.concatenate(columns)
+    props = track_proposals(values, lengths, cfg.thresholds, cfg.outer_margin(),
                             relative=cfg.threshold_mode == "relative", min_length=cfg.min_length,
                             track_scores=np.concatenate(track_score), gamma=cfg.score_gamma,
                             convention=cfg.preset, dedup=cfg.dedup, merge_copies=True)
+    column_range = track_ranges(values, lengths)[1] if needs_column_range(cfg) else None
     track, start, end, score = suppress(props.track, props.start, props.end, props.score, props.inner, cfg,
-                                        props.count, column_range=np.concatenate(track_range))
+                                        props.count, column_range=column_range)
     video = np.concatenate(track_video).astype(np.int64)[track]
     cls = np.concatenate(track_class).astype(np.int64)[track]
     return video, cls, start, end, score
+
+
+def needs_column_range(cfg: LocalizeConfig) -> bool:
+    """Whether :func:`suppress` needs each track's CAS range (fusion with a relative temperature)."""
+    return cfg.method == "fusion" and cfg.temperature_mode == "relative"
 
 
 def suppress(cls, start, end, score, inner, cfg: LocalizeConfig, count=None, column_range=None):
@@ -233,7 +239,7 @@ def suppress(cls, start, end, score, inner, cfg: LocalizeConfig, count=None, col
     """
     if cfg.method == "fusion":
         weights = inner if cfg.fusion_weights == "inner" else score
-        if cfg.temperature_mode == "relative":
+        if needs_column_range(cfg):
             if column_range is None:
                 raise ValueError("temperature_mode 'relative' needs the CAS column ranges")
             spread = np.asarray(column_range, dtype=np.float64)[np.asarray(cls, dtype=np.int64)]

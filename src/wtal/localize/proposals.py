@@ -102,6 +102,13 @@ def class_proposals(cas, thresholds, margin=LinearMargin(), *, video_scores=None
                            **options)
 
 
+def track_ranges(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-track ``(min, max - min)`` of columns laid end to end (``values``, ``lengths`` >= 1 each)."""
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    low = np.minimum.reduceat(values, first)
+    return low, np.maximum.reduceat(values, first) - low
+
+
 def track_proposals(values, lengths, thresholds, margin=LinearMargin(), *, relative: bool = False,
                     min_length: int = 2, track_scores=None, gamma: float = 0.0, convention: str = "paper",
                     dedup: bool | None = None, merge_copies: bool = False) -> TrackProposals:
@@ -125,8 +132,8 @@ def track_proposals(values, lengths, thresholds, margin=LinearMargin(), *, relat
     track_of = np.repeat(np.arange(n_tracks), lengths)
     level = values
     if relative:  # position within the track's range, 0 for a constant track
-        low = np.minimum.reduceat(values, first)
-        span = (np.maximum.reduceat(values, first) - low)[track_of]
+        low, span = track_ranges(values, lengths)
+        span = span[track_of]
         level = np.divide(values - low[track_of], span, out=np.zeros(n_values), where=span > 0)
 
     # Tracks laid out with one inactive separator before, between and after them, so no run crosses a
