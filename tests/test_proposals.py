@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import load_benchmark
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from wtal.localize.pipeline import LocalizeConfig
@@ -102,6 +102,9 @@ def test_video_score_term():
 @given(st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=60), st.floats(0.1, 50), st.floats(-5, 5))
 def test_relative_thresholds_are_invariant_to_affine_rescaling(values, scale, shift):
     cas = np.array(values)
+    # a span far below float resolution (e.g. 1e-107) is lost when the shift is added: the shifted track is
+    # then truly flat, which is not a rescaling of the original
+    assume(np.ptp(cas) == 0 or np.ptp(cas) > 1e-9)
     grid = np.arange(0.05, 1.0, 0.1)
     a = multi_threshold_proposals(cas, grid, relative=True)
     b = multi_threshold_proposals(scale * cas + shift, grid, relative=True)
