@@ -1,0 +1,86 @@
+"""Fixed-seed short runs of every shipped config, recorded once and compared by ``test_golden_runs.py``.
+
+Each shipped detection config trains for ``EPOCHS`` epochs (``--epochs`` rescaling, so every schedule
+boundary, pseudo-label generation and memory warm-up falls inside the run) on a tiny synthetic set, and the
+per-epoch mean losses and the final validation / test metrics are recorded. A refactoring that keeps
+behaviour keeps these numbers; ``python tests/golden_runs.py --write`` re-records them after a deliberate
+change of behaviour (say why in the commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+GOLDEN_FILE = Path(__file__).resolve().parent / "data" / "golden_runs.json"
+EPOCHS = 6
+SEED = 0
+
+
+def detection_configs() -> list[str]:
+    """Names of the shipped action-localization configs (those with a `detection` task or no task key)."""
+    import yaml
+
+    names = []
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if raw.get("task", "detection") == "detection":
+            names.append(path.stem)
+    return names
+
+
+def write_data(folder: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_engine_data import write_tiny
+
+    return write_tiny(folder)["wtalc"]
+
+
+def run_config(name: str, data: Path, out: Path) -> dict:
+    """Train ``configs/<name>.yaml`` on ``data`` and return its per-epoch losses and final metrics."""
+    import torch
+
+    from wtal.engine.config import resolve_config
+    from wtal.engine.trainer import Trainer
+
+    torch.set_num_threads(1)
+    cfg = resolve_config(CONFIGS / f"{name}.yaml", epochs=EPOCHS, seed=SEED, data_path=data,
+                         overrides=["train.progress=false", "train.eval_every=1", "train.num_threads=1"])
+    report = Trainer(cfg, out, device="cpu").fit()
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"losses": [e["loss"] for e in epochs],
+            "val": [e.get("val", {}).get("average") for e in epochs],
+            "test": {k: report["test"].get(k) for k in ("mAP", "average", "classification_map")},
+            "epoch": report["epoch"]}
+
+
+def record_all(names: list[str] | None = None) -> dict[str, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = write_data(tmp / "data")
+        return {name: run_config(name, data, tmp / name) for name in (names or detection_configs())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help=f"re-record {GOLDEN_FILE.name}")
+    parser.add_argument("--out", default=None, help="write the records to this file instead")
+    args = parser.parse_args()
+    records = record_all()
+    target = GOLDEN_FILE if args.write else (Path(args.out) if args.out else None)
+    text = json.dumps(records, indent=1, sort_keys=True)
+    if target is None:
+        print(text)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text + "\n", encoding="utf-8")
+        print(f"{len(records)} configs -> {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Every shipped detection config reproduces its recorded fixed-seed short run (losses and metrics).
+
+The records in ``data/golden_runs.json`` were made by ``golden_runs.py``; refactorings must keep them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from golden_runs import GOLDEN_FILE, detection_configs, record_all
+
+RECORDED = json.loads(GOLDEN_FILE.read_text(encoding="utf-8"))
+
+
+def test_every_shipped_config_has_a_record():
+    assert sorted(RECORDED) == sorted(detection_configs())
+
+
+@pytest.fixture(scope="module")
+def fresh_runs() -> dict[str, dict]:
+    return record_all(sorted(RECORDED))
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_shipped_config_reproduces_its_recorded_run(fresh_runs, name):
+    got, want = fresh_runs[name], RECORDED[name]
+    assert got["epoch"] == want["epoch"]
+    assert len(got["losses"]) == len(want["losses"])
+    for epoch, (g, w) in enumerate(zip(got["losses"], want["losses"], strict=True)):
+        assert sorted(g) == sorted(w), f"epoch {epoch}: loss terms"
+        for key in w:
+            assert g[key] == pytest.approx(w[key], rel=1e-5, abs=1e-7), f"epoch {epoch} loss {key}"
+    assert got["val"] == pytest.approx(want["val"], abs=1e-6)
+    assert got["test"]["mAP"] == pytest.approx(want["test"]["mAP"], abs=1e-6)
+    assert got["test"]["average"] == pytest.approx(want["test"]["average"], abs=1e-6)
+    assert got["test"]["classification_map"] == pytest.approx(want["test"]["classification_map"], abs=1e-6)
