@@ -42,10 +42,9 @@ import torch
 from wtal.atomic import write_json_atomic
 from wtal.data.sources import load_annotations
 from wtal.engine.command import predict_command
-from wtal.engine.config import load_run_config, load_yaml
-from wtal.engine.evaluate import localize_config
+from wtal.engine.config import load_config_tree, load_run_config
 from wtal.evaluation.detection import detection_map
-from wtal.localize import localize_videos, read_cas_file
+from wtal.localize import LocalizeConfig, localize_videos, read_cas_file
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TEMPLATES = ("uniform", "exponential", "t", "gaussian")
@@ -106,7 +105,7 @@ def as_overrides(prefix: str, section: dict) -> tuple[str, ...]:
 
 def with_pseudo(model: str, label: str, boundaries: str, delta: bool, test: tuple[str, dict] | None = None) -> Row:
     """The plain config (its NMS test post-processing) plus the pseudo labels of ``MODEL_gaufuse.yaml``."""
-    shipped = as_overrides("pseudo", load_yaml(CONFIG_DIR / f"{model}_gaufuse.yaml")["pseudo"])
+    shipped = as_overrides("pseudo", load_config_tree(CONFIG_DIR / f"{model}_gaufuse.yaml")["pseudo"])
     method = (("pseudo.localize.method=nms",) if boundaries == "nms"
               else ("pseudo.localize.method=fusion", f"pseudo.localize.template={boundaries}"))
     no_delta = () if delta else ("pseudo.delta_start_epochs=[]", "pseudo.delta_scales=[]")
@@ -117,7 +116,7 @@ def with_pseudo(model: str, label: str, boundaries: str, delta: bool, test: tupl
 
 def fusion_at_test(model: str, template: str) -> tuple[str, dict]:
     """The test post-processing of ``MODEL_gaufuse.yaml`` with another fusion template."""
-    postprocess = dict(load_yaml(CONFIG_DIR / f"{model}_gaufuse.yaml")["postprocess"])
+    postprocess = dict(load_config_tree(CONFIG_DIR / f"{model}_gaufuse.yaml")["postprocess"])
     return f"fusion-{template}", {**postprocess, "method": "fusion", "template": template}
 
 
@@ -226,7 +225,7 @@ def test_time_metrics(run: Path, name: str, postprocess: dict) -> dict[str, floa
     cas, scores, classes, rate = read_cas_file(cas_file)
     cfg = load_run_config(run / "config.yaml")
     ground_truth = load_annotations(cfg.data.path).ground_truth(list(cas))
-    detections = localize_videos(cas, scores, classes, localize_config(postprocess), rate)
+    detections = localize_videos(cas, scores, classes, LocalizeConfig.from_section(postprocess), rate)
     report = detection_map(ground_truth, detections, cfg.eval.tiou)
     own = json.loads((run / "report.json").read_text(encoding="utf-8"))["test"]  # same scores: same cmAP
     metrics = report_metrics({**report.to_json(), "classification_map": own.get("classification_map")})

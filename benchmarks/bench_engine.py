@@ -3,7 +3,7 @@
 For each model, on the same synthetic THUMOS-like videos and the same weights:
 
 - training: ``batch`` videos per optimiser step, run as the engine does (length-sorted micro-batches of at
-  most ``--max-snippets`` padded snippets, :func:`wtal.engine.rundata.plan_micro_batches`), as one batch
+  most ``--max-snippets`` padded snippets, :func:`wtal.data.batching.plan_micro_batches`), as one batch
   padded to the step's longest video (the engine before micro-batches), or one video at a time with
   gradient accumulation (one forward/backward per video, as RS/GF/MM do);
 - inference: length-sorted batches of at most ``eval_batch`` videos and ``--max-snippets`` padded
@@ -38,18 +38,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wtal.data.batch import collate_videos
+from wtal.data.batch import Sample, collate_samples
+from wtal.data.batching import default_max_snippets, length_sorted_batches, plan_micro_batches
 from wtal.data.dataset import VideoDataset
 from wtal.data.sources import open_source
 from wtal.data.synthetic import SynthConfig, write_synthetic
 from wtal.engine.allocator import keep_freed_memory
-from wtal.engine.rundata import default_max_snippets, length_sorted_batches, plan_micro_batches
-from wtal.models.factory import build_model
+from wtal.models import ModelContext, build_model
 
 
 def _chunks(group, mode: str, max_snippets: int):
     if mode == "micro":
-        return [[group[k] for k in g] for g in plan_micro_batches([it[0].shape[0] for it in group], max_snippets)]
+        return [[group[k] for k in g] for g in plan_micro_batches([it.length for it in group], max_snippets)]
     return [group] if mode == "padded" else [[it] for it in group]
 
 
@@ -61,9 +61,9 @@ def _train_pass(model, optimizer, items, batch: int, mode: str, max_snippets: in
     t0 = clock()
     for start in range(0, len(items), batch):
         for chunk in _chunks(items[start : start + batch], mode, max_snippets):
-            b = collate_videos(chunk)
-            out = model(b.features, b.mask)
-            model.losses(out, b.labels, b.mask, 0)["total"].sum().backward()
+            b = collate_samples(chunk)
+            out = model(b)
+            model.losses(out, b, 0)["total"].sum().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return clock() - t0
@@ -75,11 +75,11 @@ def _infer_pass(model, dataset, eval_batch: int, batched: bool, max_snippets: in
     t0 = clock()
     if batched:
         for b in length_sorted_batches(dataset, eval_batch, torch.device("cpu"), max_snippets=max_snippets):
-            model.localization_scores(model(b.features, b.mask), b.mask)
+            model.localization_scores(model(b), b.mask)
     else:
         for i in range(len(dataset)):
-            b = collate_videos([dataset[i]])
-            model.localization_scores(model(b.features, b.mask), b.mask)
+            b = collate_samples([dataset[i]])
+            model.localization_scores(model(b), b.mask)
     return clock() - t0
 
 
@@ -87,16 +87,17 @@ def _batching_bound(model, items, batch: int, mean_length: float, clock) -> tupl
     """``(bound, a / (a + b T))`` from timed one-video steps: the speed-up bound and the per-video
     overhead's share of a one-video step of the mean length (see the module doc)."""
     model.train()
-    features, labels = items[0][0], items[0][1]
+    first = items[0]
     rows = []
     for t in (16, 64, 256, 1024):
-        x = np.resize(features, (t, features.shape[1]))  # tiles the first video's snippets
-        b = collate_videos([(x, labels, "bound", 0)])
+        # tiles the first video's snippets
+        inputs = {s: np.resize(x, (t, x.shape[1])) for s, x in first.inputs.items()}
+        b = collate_samples([Sample(inputs, first.labels, "bound", 0)])
         repeats = max(3, 2048 // t)
         times = []
         for _ in range(repeats + 1):
             t0 = clock()
-            model.losses(model(b.features, b.mask), b.labels, b.mask, 0)["total"].sum().backward()
+            model.losses(model(b), b, 0)["total"].sum().backward()
             times.append(clock() - t0)
         rows.append((t, float(np.median(times[1:]))))
     model.zero_grad(set_to_none=True)
@@ -113,11 +114,11 @@ def _loss_difference(model, items, batch: int, max_snippets: int) -> float:
     worst = 0.0
     for start in range(0, len(items), batch):
         for chunk in _chunks(items[start : start + batch], "micro", max_snippets):
-            b = collate_videos(chunk)
-            batched = model.losses(model(b.features, b.mask), b.labels, b.mask, 0)["total"]
+            b = collate_samples(chunk)
+            batched = model.losses(model(b), b, 0)["total"]
             for j, it in enumerate(chunk):
-                s = collate_videos([it])
-                single = model.losses(model(s.features, s.mask), s.labels, s.mask, 0)["total"][0]
+                s = collate_samples([it])
+                single = model.losses(model(s), s, 0)["total"][0]
                 worst = max(worst, abs(float(batched[j] - single)))
     return worst
 
@@ -152,14 +153,14 @@ def main() -> None:
         args.data = str(write_synthetic(Path(tmp.name), cfg)["wtalc"])
     source = open_source(args.data)
     ann = source.annotations
-    train = VideoDataset(source, ann.names("validation"), "both", cache=True)
-    test = VideoDataset(source, ann.names("test"), "both", cache=True)
+    train = VideoDataset(source, ann.names("validation"), ["rgb", "flow"], cache=True)
+    test = VideoDataset(source, ann.names("test"), ["rgb", "flow"], cache=True)
     items = [train[i] for i in range(len(train))]
-    budget = args.max_snippets or default_max_snippets(train.feature_dim)
-    n_train = sum(it[0].shape[0] for it in items)
-    n_test = sum(test[i][0].shape[0] for i in range(len(test)))
+    budget = args.max_snippets or default_max_snippets(train.input_width)
+    n_train = sum(it.length for it in items)
+    n_test = sum(test[i].length for i in range(len(test)))
     print(f"data: {len(train)} train videos ({n_train} snippets), {len(test)} test videos ({n_test} snippets), "
-          f"dim {train.feature_dim}, {len(ann.classes)} classes; torch threads {torch.get_num_threads()}; "
+          f"dim {train.input_width}, {len(ann.classes)} classes; torch threads {torch.get_num_threads()}; "
           f"max {budget} padded snippets per pass; snippets/s of {clock_name} time")
     header = (f"{'model':<8} {'train micro':>12} {'train padded':>13} {'train 1-by-1':>13} {'speed-up':>9} "
               f"{'bound':>6} {'overhead':>9} {'infer batched':>14} {'infer 1-by-1':>13} {'speed-up':>9} "
@@ -167,7 +168,7 @@ def main() -> None:
     print(header)
     for name in args.models.split(","):
         torch.manual_seed(0)
-        model = build_model(name, train.feature_dim, len(ann.classes))
+        model = build_model(name, ModelContext(train.stream_widths, tuple(ann.classes)))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
         diff = _loss_difference(model, items, args.batch, budget)
         _train_pass(model, optimizer, items[: args.batch], args.batch, "micro", budget, clock)  # warm-up

@@ -86,18 +86,18 @@ def simulated_scores(layout, rng: np.random.Generator, reference_scale: bool) ->
 
 
 def time_teacher(layout, dim: int = 256, batch: int = 16) -> float:
-    from wtal.data.batch import collate_videos
-    from wtal.models import build_model
+    from wtal.data.batch import Sample, collate_samples
+    from wtal.models import ModelContext, build_model
     from wtal.pseudo.teacher import snapshot_teacher, teacher_scores
 
     rng = np.random.default_rng(0)
-    items = [(rng.normal(size=(T, dim)).astype(np.float32), np.eye(NUM_CLASSES, dtype=np.float32)[0], f"v{i}", i)
-             for i, (T, _) in enumerate(layout)]
-    model = build_model("rskp", dim, NUM_CLASSES)
+    items = [Sample({"rgb": rng.normal(size=(T, dim)).astype(np.float32)}, np.eye(NUM_CLASSES, dtype=np.float32)[0],
+                    f"v{i}", i) for i, (T, _) in enumerate(layout)]
+    model = build_model("rskp", ModelContext({"rgb": dim}, tuple(f"c{k}" for k in range(NUM_CLASSES))))
 
     def batches():
         for k in range(0, len(items), batch):
-            yield collate_videos(items[k:k + batch])
+            yield collate_samples(items[k:k + batch])
 
     t0 = time.perf_counter()
     teacher_scores(snapshot_teacher(model), batches, source="localization")

@@ -34,3 +34,59 @@ def voc_interpolated_ap(tp: list[int], npos: int) -> float:
     for i in range(len(mprec) - 2, -1, -1):
         mprec[i] = max(mprec[i], mprec[i + 1])
     return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+
+
+def joint_context(dim: int, num_classes: int, streams: tuple[str, ...] = ("rgb", "flow")):
+    """A model context whose streams split a ``dim``-wide joint feature evenly (RGB first half, flow second)."""
+    from wtal.models.base import ModelContext
+
+    if len(streams) == 1:
+        widths = {streams[0]: dim}
+    else:
+        widths = {streams[0]: dim // 2, streams[1]: dim - dim // 2}
+    return ModelContext(widths, tuple(f"class{i}" for i in range(num_classes)))
+
+
+def split_joint(x, streams: tuple[str, ...] = ("rgb", "flow")) -> dict:
+    """A joint ``(..., D)`` array or tensor as named streams (halves, RGB first)."""
+    if len(streams) == 1:
+        return {streams[0]: x}
+    half = x.shape[-1] // 2
+    return {streams[0]: x[..., :half], streams[1]: x[..., half:]}
+
+
+def joint_batch(features, mask, labels=None, streams: tuple[str, ...] = ("rgb", "flow")):
+    """A Batch from a joint ``(B, T, D)`` tensor (split into streams), a mask and optional labels."""
+    import torch
+
+    from wtal.data.batch import Batch
+
+    b = features.shape[0]
+    return Batch(split_joint(features, streams), mask, labels, [f"v{i}" for i in range(b)],
+                 torch.arange(b, dtype=torch.int64))
+
+
+def collate_joint(items, streams: tuple[str, ...] = ("rgb", "flow")):
+    """Collate ``(features (T, D), labels, name, index)`` items (joint features) into a Batch."""
+    import numpy as np
+
+    from wtal.data.batch import Sample, collate_samples
+
+    samples = [Sample(split_joint(np.asarray(f, dtype=np.float32), streams),
+                      None if y is None else np.asarray(y, dtype=np.float32), n, i) for f, y, n, i in items]
+    return collate_samples(samples)
+
+
+def batch_features(batch, streams: tuple[str, ...] = ("rgb", "flow")):
+    """The joint ``(B, T, D)`` features of a batch (its streams concatenated)."""
+    import torch
+
+    return torch.cat([batch.inputs[s] for s in streams], dim=-1)
+
+
+def as_double(batch):
+    """The batch with float64 inputs and labels (for float64 equivalence checks)."""
+    import dataclasses
+
+    return dataclasses.replace(batch, inputs={k: v.double() for k, v in batch.inputs.items()},
+                               labels=None if batch.labels is None else batch.labels.double())

@@ -31,17 +31,115 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_are_complete_and_valid(path):
+def test_shipped_configs_are_complete_or_extend_a_complete_base_and_are_valid(path):
     raw = yaml.safe_load(path.read_text())
-    assert set(raw) == {"model", "data", "optim", "train", "eval", "postprocess", "pseudo"}, "self-contained"
+    complete = {"model", "data", "optim", "train", "eval", "postprocess", "pseudo"}
+    if "extends" in raw:  # a method config states its differences from one complete base, no chains
+        base = yaml.safe_load((path.parent / raw["extends"]).read_text())
+        assert "extends" not in base and complete <= set(base)
+    else:
+        assert complete <= set(raw), "a config without extends is complete"
     cfg = resolve_config(path)
     assert cfg.model.name in ("rskp", "stpn", "basnet", "wum", "facnet", "mil")
     # the model accepts every listed hyper-parameter, and the postprocess section builds a LocalizeConfig
-    from wtal.engine.evaluate import localize_config
+    from helpers import joint_context
+
+    from wtal.localize.pipeline import LocalizeConfig
     from wtal.models.factory import build_model
 
-    build_model(cfg.model.name, 32, 4, **cfg.model.params)
-    localize_config(cfg.postprocess)
+    build_model(cfg.model.name, joint_context(32, 4), **cfg.model.params)
+    LocalizeConfig.from_section(cfg.postprocess)
+
+
+def test_gaufuse_configs_differ_from_their_base_only_in_pseudo_labels_and_test_fusion():
+    for name in ("rskp", "stpn", "basnet", "wum", "facnet"):
+        plain = resolve_config(CONFIGS / f"{name}.yaml").to_dict()
+        gaufuse = resolve_config(CONFIGS / f"{name}_gaufuse.yaml").to_dict()
+        differing = {k for k in plain if plain[k] != gaufuse[k]}
+        assert differing == {"postprocess", "pseudo"}, name
+        assert plain["postprocess"]["method"] == "nms" and gaufuse["postprocess"]["method"] == "fusion"
+        assert gaufuse["pseudo"]["name"] == "gaufuse"
+
+
+def test_extends_merges_mappings_and_replaces_the_rest(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {name: rskp, params: {dropout: 0.6, scale: 20.0}}\n"
+                                        "eval: {tiou: [0.1, 0.5]}\npostprocess: {preset: reference, method: nms}\n")
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("extends: ../base.yaml\nmodel: {params: {dropout: 0.1}}\neval: {tiou: [0.3]}\n"
+                     "postprocess: {method: fusion}\n")
+    cfg = resolve_config(child)
+    assert cfg.model.name == "rskp" and cfg.model.params == {"dropout": 0.1, "scale": 20.0}
+    assert cfg.eval.tiou == [0.3]  # lists are replaced, not merged
+    assert cfg.postprocess == {"preset": "reference", "method": "fusion"}
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(cfg.to_yaml())
+    assert "extends" not in saved.read_text() and load_run_config(saved) == cfg  # runs store it flattened
+
+
+def test_extends_errors(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("extends: b.yaml\n")
+    b.write_text("extends: a.yaml\n")
+    with pytest.raises(WtalInputError, match="cycle"):
+        resolve_config(a)
+    chain = [tmp_path / f"c{i}.yaml" for i in range(5)]
+    for i, path in enumerate(chain):
+        path.write_text(f"extends: c{i + 1}.yaml\n" if i < 4 else "model: {name: mil}\n")
+    with pytest.raises(WtalInputError, match="more than 3 levels"):
+        resolve_config(chain[0])
+    assert resolve_config(chain[2]).model.name == "mil"  # two levels are fine
+    missing = tmp_path / "m.yaml"
+    missing.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(WtalInputError, match="nowhere.yaml.*not found"):
+        resolve_config(missing)
+
+
+def test_old_modality_key_says_what_replaced_it(tmp_path):
+    with pytest.raises(WtalInputError, match="data.modality") as err:
+        resolve_config(_write(tmp_path, "data: {modality: rgb}\n"))
+    assert "model.streams" in err.value.fix
+
+
+def test_streams_task_and_teacher_are_validated(tmp_path):
+    assert resolve_config(_write(tmp_path, "model: {name: mil}\n")).model.streams == ["rgb", "flow"]
+    with pytest.raises(WtalInputError, match="model.streams"):
+        resolve_config(_write(tmp_path, "model: {name: mil, streams: []}\n"))
+    with pytest.raises(WtalInputError, match="model.streams"):
+        resolve_config(_write(tmp_path, "model: {name: mil, streams: [rgb, rgb]}\n"))
+    with pytest.raises(WtalInputError, match="task"):
+        resolve_config(_write(tmp_path, "task: segmentation\n"))
+    with pytest.raises(WtalInputError, match="exactly one of teacher.run"):
+        resolve_config(_write(tmp_path, "teacher: {checkpoint: best}\n"))
+
+
+def test_set_creates_a_teacher_section_and_addresses_list_items(tmp_path):
+    path = _write(tmp_path, "model: {name: mil, streams: [rgb]}\nplugins: [{name: a, k: 1}, {name: b}]\n")
+    cfg = resolve_config(path, overrides=["teacher.run=some/run", "plugins.1.k=5"])
+    assert cfg.teacher.run == str((Path.cwd() / "some" / "run").resolve())  # stored absolute
+    assert cfg.teacher.checkpoint == "selected" and cfg.plugins == [{"name": "a", "k": 1}, {"name": "b", "k": 5}]
+    with pytest.raises(WtalInputError, match="list of 2 item"):
+        resolve_config(path, overrides=["plugins.2.k=1"])
+    with pytest.raises(WtalInputError, match="unknown config key 'teacher.nope'"):
+        resolve_config(path, overrides=["teacher.nope=1"])
+
+
+def test_teacher_config_file_is_read_into_the_run_config(tmp_path):
+    (tmp_path / "t.yaml").write_text("model: {name: rskp, streams: [rgb, flow], params: {dropout: 0.2}}\n")
+    path = _write(tmp_path, "model: {name: mil, streams: [rgb]}\nteacher: {config: t.yaml}\n")
+    cfg = resolve_config(path)
+    assert cfg.teacher.model.name == "rskp" and cfg.teacher.model.params == {"dropout": 0.2}
+    assert cfg.teacher.config == str((tmp_path / "t.yaml").resolve())
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(cfg.to_yaml())
+    (tmp_path / "t.yaml").unlink()  # the run folder does not need the teacher's file any more
+    assert load_run_config(saved).teacher.model.params == {"dropout": 0.2}
+
+
+def test_data_path_is_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config(_write(tmp_path, "model: {name: mil}\n"), data_path="rel/data")
+    assert cfg.data.path == str(tmp_path.resolve() / "rel" / "data")
 
 
 def test_every_thumos_model_has_a_config():

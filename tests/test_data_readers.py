@@ -22,6 +22,16 @@ DIM = 8
 LAYOUT = FeatureLayout.split_evenly(DIM)
 
 
+def joint(source, name: str) -> np.ndarray:
+    """RGB and flow of ``name`` concatenated (the joint feature the writers were given)."""
+    parts = source.features(name, ["rgb", "flow"])
+    return np.concatenate([parts["rgb"], parts["flow"]], axis=1)
+
+
+def write_folders(folder, ann, feats, layout=LAYOUT):
+    return write_video_folders(folder, ann, {v: layout.split(x) for v, x in feats.items()})
+
+
 def small_annotations(durations=(10.0, 8.0, 12.0, 6.4)) -> AnnotationSet:
     """Hand-made THUMOS-like set: multi-label video, labels_all != instance labels, a segment past the end."""
     d1, d2, d3, d4 = durations
@@ -62,7 +72,7 @@ def bundle(tmp_path, ann, feats) -> Path:
 
 @pytest.fixture
 def folder(tmp_path, ann, feats) -> Path:
-    return write_video_folders(tmp_path / "folders", ann, feats, LAYOUT)
+    return write_folders(tmp_path / "folders", ann, feats)
 
 
 def assert_same_annotations(a: AnnotationSet, b: AnnotationSet) -> None:
@@ -102,11 +112,13 @@ def test_bundle_round_trip(bundle, ann, feats):
     assert_same_annotations(read_wtalc_annotations(bundle), ann)
     source = WtalcSource(bundle)
     assert isinstance(source, FeatureSource)
-    assert source.layout == FeatureLayout(I3D_SNIPPETS_PER_SECOND, (0, 4), (4, 8))
+    assert source.stream_widths() == {"rgb": 4, "flow": 4}
+    assert source.snippets_per_second == I3D_SNIPPETS_PER_SECOND
     for name, x in feats.items():
-        got = source.features(name)
-        assert got.dtype == np.float32
-        np.testing.assert_array_equal(got, x)
+        got = source.features(name, ["rgb", "flow"])
+        assert got["rgb"].dtype == np.float32 and got["flow"].dtype == np.float32
+        np.testing.assert_array_equal(got["rgb"], x[:, :4])
+        np.testing.assert_array_equal(got["flow"], x[:, 4:])
 
 
 def test_missing_duration_is_written_from_the_feature_length(tmp_path):
@@ -159,13 +171,13 @@ def test_original_wtalc_layout_with_annotation_folder(tmp_path, bundle, ann, fea
     source = open_source(path)
     assert isinstance(source, WtalcSource)
     assert source.annotation_folder == root / "Toy-Annotations"
-    np.testing.assert_array_equal(source.features("video_test_2"), feats["video_test_2"])
+    np.testing.assert_array_equal(joint(source, "video_test_2"), feats["video_test_2"])
     assert_same_annotations(load_annotations(path), ann)
 
 
 def test_rate_override(bundle):
     source = open_source(bundle, snippets_per_second=2.5)
-    assert source.layout.snippets_per_second == 2.5
+    assert source.snippets_per_second == 2.5
     assert source.annotations.videos["video_test_1"].snippets_per_second == 2.5
 
 
@@ -177,7 +189,7 @@ def test_bad_rate(bundle, rate):
 
 def test_2048_columns_give_the_standard_i3d_layout(tmp_path, ann):
     write_wtalc_bundle(tmp_path, "Toy", ann, small_features(ann, dim=2048))
-    assert WtalcSource(tmp_path).layout == FeatureLayout()  # RGB 0-1023, flow 1024-2047
+    assert WtalcSource(tmp_path).stream_widths() == {"rgb": 1024, "flow": 1024}  # RGB 0-1023, flow 1024-2047
 
 
 # ------------------------------------------------------------------------------------- per-video folders
@@ -195,30 +207,30 @@ def test_folder_files_and_round_trip(folder, ann, feats):
 
     source = open_source(folder)
     assert isinstance(source, FolderSource) and isinstance(source, FeatureSource)
-    assert source.layout == LAYOUT
+    assert source.stream_widths() == {"rgb": 4, "flow": 4}
     assert_same_annotations(source.annotations, ann)
     for name, x in feats.items():
-        np.testing.assert_array_equal(source.features(name), x)
+        np.testing.assert_array_equal(joint(source, name), x)
 
 
-def test_folder_with_uneven_modalities(tmp_path, ann, feats):
+def test_folder_with_streams_of_different_widths(tmp_path, ann, feats):
     layout = FeatureLayout(I3D_SNIPPETS_PER_SECOND, (0, 6), (6, 8))
-    source = FolderSource(write_video_folders(tmp_path, ann, feats, layout))
-    assert source.layout == layout
-    np.testing.assert_array_equal(source.features("video_test_2"), feats["video_test_2"])
+    source = FolderSource(write_folders(tmp_path, ann, feats, layout))
+    assert source.stream_widths() == {"rgb": 6, "flow": 2}
+    np.testing.assert_array_equal(joint(source, "video_test_2"), feats["video_test_2"])
 
 
 def test_folder_video_in_the_other_split_folder_still_loads(folder, feats):
     for modality in ("rgb", "flow"):
         src = folder / "features" / "test" / modality / "video_test_2.npy"
         src.rename(folder / "features" / "train" / modality / "video_test_2.npy")
-    np.testing.assert_array_equal(FolderSource(folder).features("video_test_2"), feats["video_test_2"])
+    np.testing.assert_array_equal(joint(FolderSource(folder), "video_test_2"), feats["video_test_2"])
 
 
 def test_activitynet_subsets_go_to_train_and_test_folders(tmp_path, ann, feats):
     for v in ann.videos.values():
         v.subset = "training" if v.subset == "validation" else "validation"
-    out = write_video_folders(tmp_path, ann, feats, LAYOUT)
+    out = write_folders(tmp_path, ann, feats)
     assert (out / "features" / "train" / "rgb" / "video_validation_1.npy").is_file()
     assert (out / "features" / "test" / "flow" / "video_test_1.npy").is_file()
 
@@ -336,9 +348,9 @@ def _replace_features(bundle: Path, name: str, value) -> None:
 def test_bad_features_in_the_bundle(bundle, value, message):
     _replace_features(bundle, "video_test_1", value)
     source = WtalcSource(bundle)
-    source.features("video_test_2")  # the other videos are fine
+    joint(source, "video_test_2")  # the other videos are fine
     with pytest.raises(WtalInputError, match=message) as err:
-        source.features("video_test_1")
+        joint(source, "video_test_1")
     assert err.value.video == "video_test_1"
     assert err.value.path.endswith("Toy-I3D-JOINTFeatures.npy") and err.value.fix
 
@@ -353,7 +365,7 @@ def test_nan_position_is_reported():
 def test_feature_file_with_wrong_number_of_videos(bundle):
     _save_object(bundle / "Toy-I3D-JOINTFeatures.npy", [np.zeros((3, DIM), np.float32)] * 3)
     with pytest.raises(WtalInputError, match="holds 3 videos but the annotations") as err:
-        WtalcSource(bundle).features("video_test_1")
+        joint(WtalcSource(bundle), "video_test_1")
     assert err.value.fix
 
 
@@ -365,7 +377,7 @@ def test_writer_rejects_bad_features(tmp_path, ann, feats):
     assert err.value.video == "video_test_2"
     del feats["video_test_1"]
     with pytest.raises(WtalInputError, match="no features") as err:
-        write_video_folders(tmp_path, ann, feats, LAYOUT)
+        write_folders(tmp_path, ann, feats)
     assert err.value.video == "video_test_1"
 
 
@@ -496,36 +508,38 @@ def test_folder_source_bad_files(folder):
     source = FolderSource(folder)
     flow = folder / "features" / "test" / "flow" / "video_test_1.npy"
     np.save(flow, np.zeros((5, 4), np.float32))
-    with pytest.raises(WtalInputError, match="rgb has 18 snippets but flow has 5") as err:
-        source.features("video_test_1")
+    with pytest.raises(WtalInputError, match="stream 'flow' has 5 snippets but 'rgb' has 18") as err:
+        joint(source, "video_test_1")
     assert err.value.video == "video_test_1"
     np.save(flow, np.zeros((18, 3), np.float32))
     with pytest.raises(WtalInputError, match="flow features have 3 columns, expected 4") as err:
-        source.features("video_test_1")
+        joint(source, "video_test_1")
     assert err.value.path == str(flow)
     flow.unlink()
     with pytest.raises(WtalInputError, match="flow feature file not found") as err:
-        source.features("video_test_1")
+        joint(source, "video_test_1")
     assert err.value.path == str(flow)
     rgb = folder / "features" / "test" / "rgb" / "video_test_2.npy"
     _save_object(rgb, [1, 2])
     with pytest.raises(WtalInputError, match="not a readable numeric .npy"):
-        source.features("video_test_2")
+        joint(source, "video_test_2")
     with pytest.raises(WtalInputError, match="not in gt.json"):
-        source.features("nope")
+        joint(source, "nope")
 
 
 def test_folder_source_empty_first_video(folder):
     np.save(folder / "features" / "train" / "rgb" / "video_validation_1.npy", np.zeros((0, 4), np.float32))
     with pytest.raises(WtalInputError, match="T = 0") as err:
-        _ = FolderSource(folder).layout
+        FolderSource(folder).stream_widths()
     assert err.value.video == "video_validation_1"
 
 
-def test_write_video_folders_rejects_other_subsets_and_rates(tmp_path, ann, feats):
+def test_write_video_folders_rejects_other_subsets_and_uneven_streams(tmp_path, ann, feats):
     ann.videos["video_test_2"].subset = "extra"
     with pytest.raises(WtalInputError, match="subset 'extra'"):
-        write_video_folders(tmp_path, ann, feats, LAYOUT)
+        write_folders(tmp_path, ann, feats)
     ann.videos["video_test_2"].subset = "test"
-    with pytest.raises(WtalInputError, match="differs from the layout rate"):
-        write_video_folders(tmp_path, ann, feats, FeatureLayout.split_evenly(DIM, 2.0))
+    streams = {v: LAYOUT.split(x) for v, x in feats.items()}
+    streams["video_test_2"] = {"rgb": streams["video_test_2"]["rgb"]}
+    with pytest.raises(WtalInputError, match="streams .* differ"):
+        write_video_folders(tmp_path, ann, streams)

@@ -1,4 +1,5 @@
-"""VideoDataset: whole videos, multi-hot labels, modality selection, caching, batching."""
+"""VideoDataset and the sources' named streams: whole videos, multi-hot labels, stream selection, extra
+streams, class-name text embeddings, caching, batching."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import pytest
 import torch
 
 from wtal.data.annotations import AnnotationSet, Instance, VideoInfo
-from wtal.data.batch import collate_videos
 from wtal.data.dataset import VideoDataset
 from wtal.data.folders import write_video_folders
 from wtal.data.sources import open_source
@@ -40,27 +40,33 @@ def source(request, toy, tmp_path_factory):
     if request.param == "bundle":
         write_wtalc_bundle(out, "Toy", ann, feats)
     else:
-        write_video_folders(out, ann, feats, FeatureLayout.split_evenly(DIM))
+        layout = FeatureLayout.split_evenly(DIM)
+        write_video_folders(out, ann, {v: layout.split(x) for v, x in feats.items()})
     return open_source(out)
 
 
-@pytest.mark.parametrize(("modality", "columns"), [("rgb", [0, 1, 2]), ("flow", [3, 4, 5]),
-                                                   ("both", [0, 1, 2, 3, 4, 5])])
-def test_items_and_modality_selection(source, toy, modality, columns):
+@pytest.mark.parametrize(("streams", "columns"), [(["rgb"], {"rgb": [0, 1, 2]}), (["flow"], {"flow": [3, 4, 5]}),
+                                                  (["rgb", "flow"], {"rgb": [0, 1, 2], "flow": [3, 4, 5]}),
+                                                  (["flow", "rgb"], {"flow": [3, 4, 5], "rgb": [0, 1, 2]})])
+def test_items_and_stream_selection(source, toy, streams, columns):
     _, feats = toy
-    ds = VideoDataset(source, ["val_c", "train_a"], modality=modality)
-    assert len(ds) == 2 and ds.feature_dim == len(columns)
+    assert source.stream_widths() == {"rgb": 3, "flow": 3}
+    ds = VideoDataset(source, ["val_c", "train_a"], streams)
+    assert len(ds) == 2 and ds.input_width == 3 * len(streams) and list(ds.stream_widths) == streams
     assert ds.num_classes == 3 and ds.classes == CLASSES
-    x, y, name, index = ds[1]
-    assert name == "train_a" and index == 1
-    assert x.dtype == np.float32 and x.shape == (6, len(columns)) and x.flags.c_contiguous
-    np.testing.assert_array_equal(x, feats["train_a"][:, columns])
-    assert x[2, 0] == 200.0 + columns[0]  # hand-checked value of the first selected column
-    np.testing.assert_array_equal(y, np.array([1, 0, 1], np.float32))
-    assert y.dtype == np.float32
-    x_last, y_last, name_last, index_last = ds[-2]
-    assert name_last == "val_c" and index_last == 0 and x_last.shape == (7, len(columns))
-    np.testing.assert_array_equal(y_last, np.array([0, 0, 1], np.float32))
+    item = ds[1]
+    assert item.name == "train_a" and item.index == 1 and item.length == 6
+    assert list(item.inputs) == streams
+    for stream, cols in columns.items():
+        x = item.inputs[stream]
+        assert x.dtype == np.float32 and x.shape == (6, 3)
+        np.testing.assert_array_equal(x, feats["train_a"][:, cols])
+        assert x[2, 0] == 200.0 + cols[0]  # hand-checked value of the stream's first column
+    np.testing.assert_array_equal(item.labels, np.array([1, 0, 1], np.float32))
+    assert item.labels.dtype == np.float32
+    last = ds[-2]
+    assert last.name == "val_c" and last.index == 0 and last.length == 7
+    np.testing.assert_array_equal(last.labels, np.array([0, 0, 1], np.float32))
     with pytest.raises(IndexError):
         ds[2]
 
@@ -70,36 +76,120 @@ class CountingSource:
 
     def __init__(self, inner):
         self.inner, self.calls = inner, 0
-        self.path, self.annotations, self.layout = inner.path, inner.annotations, inner.layout
+        self.path, self.annotations = inner.path, inner.annotations
 
-    def features(self, name):
+    def stream_widths(self):
+        return self.inner.stream_widths()
+
+    def features(self, name, streams):
         self.calls += 1
-        return self.inner.features(name)
+        return self.inner.features(name, streams)
 
 
 @pytest.mark.parametrize(("cache", "loads"), [(True, 1), (False, 3)])
 def test_cache(source, cache, loads):
     counting = CountingSource(source)
-    ds = VideoDataset(counting, ["train_b"], modality="rgb", cache=cache)
-    first = ds[0][0]
+    ds = VideoDataset(counting, ["train_b"], ["rgb"], cache=cache)
+    first = ds[0].inputs["rgb"]
     for _ in range(2):
-        np.testing.assert_array_equal(ds[0][0], first)
+        np.testing.assert_array_equal(ds[0].inputs["rgb"], first)
     assert counting.calls == loads
 
 
 def test_batches_with_collate(source):
-    ds = VideoDataset(source, source.annotations.names("training"), modality="flow")
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, shuffle=False, collate_fn=collate_videos)
+    ds = VideoDataset(source, source.annotations.names("training"), ["flow"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, shuffle=False, collate_fn=ds.collate)
     batch = next(iter(loader))
-    assert batch.features.shape == (2, 6, 3) and batch.names == ["train_a", "train_b"]
+    assert list(batch.inputs) == ["flow"] and batch.inputs["flow"].shape == (2, 6, 3)
+    assert batch.names == ["train_a", "train_b"]
     assert batch.mask.sum(dim=1).tolist() == [6, 4]
     assert batch.labels.tolist() == [[1, 0, 1], [0, 1, 0]]
+    assert torch.all(batch.inputs["flow"][1, 4:] == 0)  # zero padding
 
 
 def test_bad_arguments(source):
-    with pytest.raises(WtalInputError, match="unknown modality 'depth'") as err:
-        VideoDataset(source, ["train_a"], modality="depth")
-    assert "rgb" in err.value.fix
+    with pytest.raises(WtalInputError, match="no 'depth' stream") as err:
+        VideoDataset(source, ["train_a"], ["rgb", "depth"])
+    assert "streams present: rgb, flow" in str(err.value) and "model.streams" in err.value.fix
     with pytest.raises(WtalInputError, match="1 requested videos are not in the annotations") as err:
         VideoDataset(source, ["train_a", "ghost"])
     assert err.value.video == "ghost"
+
+
+# ------------------------------------------------------------------------------------------- extra streams
+def _clip(t: int, k: int) -> np.ndarray:
+    return (np.arange(t * 5).reshape(t, 5) + 10_000 * k).astype(np.float32)
+
+
+def _add_clip_stream(kind: str, out, toy, *, split_folders: bool = False):
+    ann, feats = toy
+    for k, (name, x) in enumerate(feats.items()):
+        if kind == "bundle":
+            sub = ("train" if ann.videos[name].subset == "training" else "test") if split_folders else ""
+            folder = out / "clip" / sub
+        else:
+            folder = out / "features" / ("train" if ann.videos[name].subset == "training" else "test") / "clip"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"{name}.npy", _clip(x.shape[0], k))
+
+
+@pytest.mark.parametrize(("kind", "split_folders"), [("bundle", False), ("bundle", True), ("folders", False)])
+def test_extra_stream_is_found_beside_the_features(tmp_path, toy, kind, split_folders):
+    ann, feats = toy
+    if kind == "bundle":
+        write_wtalc_bundle(tmp_path, "Toy", ann, feats)
+        (tmp_path / "Toy-Annotations").mkdir()  # an annotation-like folder is never a stream
+    else:
+        layout = FeatureLayout.split_evenly(DIM)
+        write_video_folders(tmp_path, ann, {v: layout.split(x) for v, x in feats.items()})
+    _add_clip_stream(kind, tmp_path, toy, split_folders=split_folders)
+    source = open_source(tmp_path)
+    assert source.stream_widths() == {"rgb": 3, "flow": 3, "clip": 5}
+    item = VideoDataset(source, ["train_b"], ["clip", "rgb"])[0]
+    np.testing.assert_array_equal(item.inputs["clip"], _clip(4, 1))
+    np.testing.assert_array_equal(item.inputs["rgb"], feats["train_b"][:, :3])
+
+
+def test_stream_length_mismatch_names_the_video_and_both_lengths(tmp_path, toy):
+    ann, feats = toy
+    write_wtalc_bundle(tmp_path, "Toy", ann, feats)
+    _add_clip_stream("bundle", tmp_path, toy)
+    np.save(tmp_path / "clip" / "train_a.npy", _clip(5, 0))  # 5 snippets, the I3D streams have 6
+    ds = VideoDataset(open_source(tmp_path), ["train_a"], ["rgb", "clip"])
+    with pytest.raises(WtalInputError, match=r"stream 'clip' has 5 snippets but 'rgb' has 6") as err:
+        ds[0]
+    assert err.value.video == "train_a"
+
+
+def test_missing_stream_file_names_the_file(tmp_path, toy):
+    ann, feats = toy
+    write_wtalc_bundle(tmp_path, "Toy", ann, feats)
+    _add_clip_stream("bundle", tmp_path, toy)
+    (tmp_path / "clip" / "val_c.npy").unlink()
+    ds = VideoDataset(open_source(tmp_path), ["val_c"], ["clip"])
+    with pytest.raises(WtalInputError, match="clip feature file not found") as err:
+        ds[0]
+    assert err.value.path.endswith("val_c.npy") and err.value.video == "val_c"
+
+
+# ------------------------------------------------------------------------------------ class text embeddings
+def test_class_text_embeddings_are_read_and_checked(source):
+    assert source.class_text() is None
+    folder = source.feature_path.parent if hasattr(source, "feature_path") else source.path
+    emb = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(folder / "class_text.npy", emb)
+    try:
+        np.testing.assert_array_equal(source.class_text(), emb)
+        np.save(folder / "class_text.npy", emb[:2])
+        with pytest.raises(WtalInputError, match=r"shape \(2, 4\), expected \(3, E\)"):
+            source.class_text()
+    finally:
+        (folder / "class_text.npy").unlink()
+
+
+def test_parent_of_a_data_folder_points_to_the_real_one(tmp_path, toy):
+    ann, feats = toy
+    write_wtalc_bundle(tmp_path / "wtalc", "Toy", ann, feats)
+    with pytest.raises(WtalInputError, match="contains 1") as err:
+        open_source(tmp_path)
+    assert "--data" in err.value.fix and str(tmp_path / "wtalc") in err.value.fix

@@ -11,13 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_engine_data import tiny_data, tiny_run_yaml  # noqa: F401  (pytest fixture)
 
-from wtal.data.batch import collate_videos
+from wtal.data.batching import default_max_snippets, plan_micro_batches
+from wtal.engine.command import apply_process_settings
 from wtal.engine.config import resolve_config
-from wtal.engine.evaluate import infer
-from wtal.engine.rundata import default_max_snippets, plan_micro_batches, prepare_data
+from wtal.engine.runs import build_section_model
 from wtal.engine.seeding import seed_everything
-from wtal.engine.trainer import Trainer, build_model
+from wtal.engine.trainer import Trainer, run_streams
 from wtal.evaluation.classification import classification_map
+from wtal.tasks import build_task
+from wtal.tasks.detection import infer
 
 
 def _cfg(tmp_path, data, **kw):
@@ -32,18 +34,18 @@ def test_padded_batch_equals_one_video_at_a_time(tmp_path, tiny_data, model):  #
     cfg = _cfg(tmp_path, tiny_data, model=model)
     trainer = Trainer(cfg, None, device="cpu")
     items = [trainer.data.train[i] for i in (3, 0, 7, 5)]  # lengths differ: real padding
-    assert len({it[0].shape[0] for it in items}) > 1
+    assert len({it.length for it in items}) > 1
     params = [p for p in trainer.model.parameters() if p.requires_grad]
 
     trainer.model.zero_grad(set_to_none=True)
-    losses = trainer.batch_losses(collate_videos(items), epoch=0)
+    losses = trainer.batch_losses(trainer.data.train.collate(items), epoch=0)
     losses["total"].sum().backward()
     batched = [p.grad.clone() for p in params]
 
     trainer.model.zero_grad(set_to_none=True)
     single_totals = []
     for it in items:  # the reference loop: one backward per video, gradients accumulate (sum)
-        single = trainer.batch_losses(collate_videos([it]), epoch=0)
+        single = trainer.batch_losses(trainer.data.train.collate([it]), epoch=0)
         single["total"].sum().backward()
         single_totals.append(single)
     for key in losses:
@@ -67,8 +69,9 @@ def test_training_matches_the_reference_accumulation_loop(tmp_path, tiny_data, m
         trainer.train_epoch(epoch)
 
     seed_everything(cfg.train.seed)
-    data = prepare_data(cfg)
-    model = build_model(cfg, data.input_dim, len(data.classes))
+    task = build_task(cfg.task)
+    data = task.prepare_data(cfg, run_streams(cfg))
+    model = build_section_model(cfg.model, task, data)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                            weight_decay=cfg.optim.weight_decay)
     gen = torch.Generator()
@@ -76,9 +79,9 @@ def test_training_matches_the_reference_accumulation_loop(tmp_path, tiny_data, m
     counter = 0
     for epoch in range(cfg.train.epochs):
         for i in torch.randperm(len(data.train), generator=gen).tolist():
-            batch = collate_videos([data.train[i]])
-            out = model(batch.features, batch.mask)
-            model.losses(out, batch.labels, batch.mask, epoch)["total"].sum().backward()
+            batch = data.train.collate([data.train[i]])
+            out = model(batch)
+            model.losses(out, batch, epoch)["total"].sum().backward()
             counter += 1
             if counter % cfg.data.batch_size == 0:
                 opt.step()
@@ -106,10 +109,10 @@ class ConstantPlugin:
         self.started.append(epoch)
         assert sum(len(b.names) for b in train_batches()) > 0
 
-    def loss(self, model, out, batch, epoch):
+    def loss(self, model, out, batch, epoch, teacher_out=None):
         if self.weight == 0:
             return None
-        return self.weight * model.losses(out, batch.labels, batch.mask, epoch)["total"]
+        return self.weight * model.losses(out, batch, epoch)["total"]
 
     def state_dict(self):
         return {"started": torch.tensor(self.started, dtype=torch.int64)}
@@ -122,7 +125,7 @@ def test_plugin_loss_is_added_per_video(tmp_path, tiny_data):  # noqa: F811
     cfg = _cfg(tmp_path, tiny_data)
     plugin = ConstantPlugin(weight=0.5)
     trainer = Trainer(cfg, None, device="cpu", plugins=[plugin])
-    batch = collate_videos([trainer.data.train[i] for i in range(3)])
+    batch = trainer.data.train.collate([trainer.data.train[i] for i in range(3)])
     losses = trainer.batch_losses(batch, 0)
     assert torch.allclose(losses["total"], 1.5 * losses["mil"])
     assert torch.allclose(losses["plugin/const0"], 0.5 * losses["mil"])
@@ -223,7 +226,7 @@ def test_micro_batched_step_gives_the_single_batch_gradient(tmp_path, tiny_data)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
 
     trainer.model.zero_grad(set_to_none=True)
-    whole = trainer.batch_losses(collate_videos([trainer.data.train[i] for i in videos]), epoch=0)
+    whole = trainer.batch_losses(trainer.data.train.collate([trainer.data.train[i] for i in videos]), epoch=0)
     whole["total"].sum().backward()
     expected = [p.grad.clone() for p in params]
 
@@ -253,19 +256,25 @@ def test_inference_does_not_depend_on_the_batch_budget(tmp_path, tiny_data):  # 
         np.testing.assert_allclose(scores_small[name], scores_big[name], atol=1e-5)
 
 
-def test_num_threads_is_applied_at_trainer_start(tmp_path, tiny_data):  # noqa: F811
+def test_the_library_has_no_process_wide_side_effects(tmp_path, tiny_data, monkeypatch):  # noqa: F811
+    """A Trainer used from Python leaves torch's threads and malloc alone; the CLI applies them."""
+    calls = []
+    monkeypatch.setattr("wtal.engine.command.keep_freed_memory", lambda: calls.append(1) or True)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        Trainer(_cfg(tmp_path, tiny_data, sets=["train.num_threads=1"]), None, device="cpu")
-        assert torch.get_num_threads() == 1
+        cfg = _cfg(tmp_path, tiny_data, sets=["train.num_threads=1", "train.keep_freed_memory=true"])
+        Trainer(cfg, None, device="cpu").train_epoch(0)
+        assert torch.get_num_threads() == 2 and calls == []
+        apply_process_settings(cfg, torch.device("cpu"))
+        assert torch.get_num_threads() == 1 and calls == [1]
     finally:
         torch.set_num_threads(before)
 
 
 def test_width_scaling_sets_the_optimiser_rate_from_the_feature_dimension(tmp_path, tiny_data):  # noqa: F811
     base = Trainer(_cfg(tmp_path, tiny_data), None, device="cpu")
-    dim = base.data.input_dim
+    dim = base.input_dim
     cfg = _cfg(tmp_path, tiny_data, sets=[f"optim.width_scaling.reference_dim={4 * dim}"])
     trainer = Trainer(cfg, None, device="cpu")
     record = trainer.train_epoch(0)
@@ -276,11 +285,11 @@ def test_width_scaling_sets_the_optimiser_rate_from_the_feature_dimension(tmp_pa
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_the_trainer_keeps_freed_memory_only_when_asked(tmp_path, tiny_data, monkeypatch, enabled):  # noqa: F811
+def test_training_keeps_freed_memory_only_when_asked(tmp_path, tiny_data, monkeypatch, enabled):  # noqa: F811
     calls = []
-    monkeypatch.setattr("wtal.engine.trainer.keep_freed_memory", lambda: calls.append(1) or True)
-    Trainer(_cfg(tmp_path, tiny_data, sets=[f"train.keep_freed_memory={str(enabled).lower()}"]), None,
-            device="cpu")
+    monkeypatch.setattr("wtal.engine.command.keep_freed_memory", lambda: calls.append(1) or True)
+    apply_process_settings(_cfg(tmp_path, tiny_data, sets=[f"train.keep_freed_memory={str(enabled).lower()}"]),
+                           torch.device("cpu"))
     assert calls == ([1] if enabled else [])
 
 

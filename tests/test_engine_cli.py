@@ -52,7 +52,7 @@ def test_train_then_predict_cli(tmp_path, tiny_data):  # noqa: F811
     stored = np.load(cas)
     assert list(stored["__classes__"]) == ann.classes
     for name in test_names:
-        assert stored[name].shape == (source.features(name).shape[0], len(ann.classes))
+        assert stored[name].shape == (source.features(name, ["rgb"])["rgb"].shape[0], len(ann.classes))
     assert cas_data is not None
 
     # a finished run refuses a fresh start; --resume of a finished run only re-evaluates

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from wtal.data.annotations import AnnotationSet, VideoInfo
+from wtal.data.rundata import carve_validation
 from wtal.data.synthetic import SynthConfig, write_synthetic
-from wtal.engine.rundata import carve_validation
 
 
 def tiny_config(**overrides) -> SynthConfig:

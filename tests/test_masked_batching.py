@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import SMALL_MODELS
+from helpers import SMALL_MODELS, as_double, collate_joint, joint_context
 
-from wtal.data.batch import collate_videos
 from wtal.models import MODEL_NAMES, build_model
 
 DIM, CLASSES = 32, 4
@@ -30,7 +29,7 @@ def _videos(seed: int):
 
 def _model(name: str, params: dict) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model(name, DIM, CLASSES, **SMALL_MODELS.get(name, {}), **params).double()
+    model = build_model(name, joint_context(DIM, CLASSES), **SMALL_MODELS.get(name, {}), **params).double()
     if name == "rskp":  # a filled memory so that the memory branch is exercised after warm-up
         model.memory.normal_()
         model.memory_scores.uniform_()
@@ -38,10 +37,10 @@ def _model(name: str, params: dict) -> torch.nn.Module:
 
 
 def _run(model, items, epoch):
-    batch = collate_videos(items)
+    batch = as_double(collate_joint(items))
     model.zero_grad()
-    out = model(batch.features.double(), batch.mask)
-    losses = model.losses(out, batch.labels.double(), batch.mask, epoch)
+    out = model(batch)
+    losses = model.losses(out, batch, epoch)
     losses["total"].sum().backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return {k: v.detach() for k, v in losses.items()}, grads

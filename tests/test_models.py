@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from helpers import SMALL_MODELS
+from helpers import SMALL_MODELS, as_double, collate_joint, joint_context
 
-from wtal.data.batch import Batch, collate_videos
+from wtal.data.batch import Batch
 from wtal.errors import WtalInputError
-from wtal.models import MODEL_NAMES, PostprocessDefaults, WtalModel, build_model, postprocess_defaults
+from wtal.models import MODEL_NAMES, WtalModel, build_model
 from wtal.models.losses import (
     attention_contrast,
     binary_cross_entropy,
@@ -32,13 +34,13 @@ def _batch(lengths=(6, 17, 11), seed=0, dim=DIM, scale=1.0) -> Batch:
     rng = np.random.default_rng(seed)
     labels = [np.eye(CLASSES, dtype=np.float32)[i % CLASSES] for i in range(len(lengths))]
     labels[-1][(len(lengths)) % CLASSES] = 1.0  # one multi-label video
-    return collate_videos([(rng.normal(size=(t, dim)).astype(np.float32) * scale, labels[i], f"v{i}", i)
+    return collate_joint([(rng.normal(size=(t, dim)).astype(np.float32) * scale, labels[i], f"v{i}", i)
                            for i, t in enumerate(lengths)])
 
 
 def _model(name, **params):
     torch.manual_seed(0)
-    return build_model(name, DIM, CLASSES, **{**SMALL_MODELS.get(name, {}), **params})
+    return build_model(name, joint_context(DIM, CLASSES), **{**SMALL_MODELS.get(name, {}), **params})
 
 
 # ------------------------------------------------------------------------------------------- masked ops
@@ -145,15 +147,15 @@ def test_em_responsibilities_normalisation():
 
 def test_rskp_em_bases_are_responsibility_weighted_means():
     model = _model("rskp", dropout=0.0, em_iterations=1).double()
-    batch = _batch()
-    out = model(batch.features.double(), batch.mask)
+    batch = as_double(_batch())
+    out = model(batch)
     x = out.extras["x"]
     _, z_hat = responsibilities(x, batch.mask, model.bases.unsqueeze(0).expand(3, -1, -1), 5.0)
     torch.testing.assert_close(out.extras["mu"], z_hat @ x)
 
 
 def _memory_model(slots=2, dim=2, classes=3):
-    model = build_model("rskp", dim, classes, memory_slots=slots, num_bases=3, embed_dim=dim)
+    model = build_model("rskp", joint_context(dim, classes), memory_slots=slots, num_bases=3, embed_dim=dim)
     return model
 
 
@@ -186,23 +188,23 @@ def test_memory_read_uses_the_positive_classes_in_order():
 
 def test_rskp_reads_memory_before_its_own_update():
     torch.manual_seed(1)
-    model = build_model("rskp", DIM, CLASSES, dropout=0.0)
+    model = build_model("rskp", joint_context(DIM, CLASSES), dropout=0.0)
     model.memory.normal_()
     model.memory_scores.zero_()  # zero scores: every video's bases replace stored entries
-    batch = _batch(lengths=(9, 14))
     labels = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])  # same class: video 2 must not see video 1's update
+    batch = dataclasses.replace(_batch(lengths=(9, 14)), labels=labels)
     before = model.state_dict()
     before = {k: v.clone() for k, v in before.items()}
     model.train()
-    trained = model.losses(model(batch.features, batch.mask), labels, batch.mask, 150)
+    trained = model.losses(model(batch), batch, 150)
     assert not torch.equal(model.memory, before["memory"])
     updated = {k: v.clone() for k, v in model.state_dict().items()}
 
     model.eval()  # eval mode: no update, so these recompute the losses from a fixed memory
     model.load_state_dict(before)
-    from_before = model.losses(model(batch.features, batch.mask), labels, batch.mask, 150)
+    from_before = model.losses(model(batch), batch, 150)
     model.load_state_dict(updated)
-    from_after = model.losses(model(batch.features, batch.mask), labels, batch.mask, 150)
+    from_after = model.losses(model(batch), batch, 150)
     torch.testing.assert_close(trained["fore"], from_before["fore"])
     assert not torch.allclose(trained["fore"], from_after["fore"])
 
@@ -240,7 +242,7 @@ def test_rskp_spl_weight_schedule():
 def test_rskp_test_recipe_and_distillation_weights():
     model = _model("rskp", test_cas_weights=(0.85, 0.15)).eval()
     batch = _batch()
-    out = model(batch.features, batch.mask)
+    out = model(batch)
     cas, video = model.localization_scores(out, batch.mask)
     o, m = out.extras["o"], out.extras["m"]
     expected = (0.85 * o.logits.softmax(-1) + 0.15 * m.logits.softmax(-1))[..., :CLASSES] * o.attention[..., None]
@@ -251,7 +253,7 @@ def test_rskp_test_recipe_and_distillation_weights():
     # without the attention the CAS is the class softmax mix alone (the wtal configs' scale-free recipe)
     plain = _model("rskp", test_cas_weights=(0.85, 0.15), test_attention=False).eval()
     plain.load_state_dict(model.state_dict())
-    cas_plain, _ = plain.localization_scores(plain(batch.features, batch.mask), batch.mask)
+    cas_plain, _ = plain.localization_scores(plain(batch), batch.mask)
     expected_plain = (0.85 * o.logits.softmax(-1) + 0.15 * m.logits.softmax(-1))[..., :CLASSES]
     torch.testing.assert_close(cas_plain, expected_plain * batch.mask[..., None])
 
@@ -262,7 +264,7 @@ def test_output_shapes_and_ranges(name):
     model = _model(name).eval()
     assert isinstance(model, WtalModel)
     batch = _batch()
-    out = model(batch.features, batch.mask)
+    out = model(batch)
     B, T = batch.mask.shape
     assert out.video_scores.shape == (B, CLASSES)
     assert out.cas_logits.shape == (B, T, CLASSES + 1)
@@ -274,12 +276,11 @@ def test_output_shapes_and_ranges(name):
     assert cas.shape == (B, T, CLASSES) and video.shape == (B, CLASSES)
     assert torch.all((cas >= 0) & (cas <= 1)) and torch.all((video >= 0) & (video <= 1))
     assert torch.all(cas[~batch.mask] == 0)
-    losses = model.losses(out, batch.labels, batch.mask, 150)
+    losses = model.losses(out, batch, 150)
     assert "total" in losses and all(v.shape == (B,) for v in losses.values())
     for weight, logits in model.distill_logits(out):
         assert weight > 0 and logits.shape == (B, T, CLASSES + 1)
     assert sum(w for w, _ in model.distill_logits(out)) == pytest.approx(1.0)
-    assert isinstance(postprocess_defaults(name), PostprocessDefaults)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -288,8 +289,8 @@ def test_gradients_reach_every_parameter(name):
     if name == "rskp":
         model.memory.normal_()
     batch = _batch(scale=2.0)
-    out = model(batch.features, batch.mask)
-    model.losses(out, batch.labels, batch.mask, 150)["total"].sum().backward()
+    out = model(batch)
+    model.losses(out, batch, 150)["total"].sum().backward()
     for pname, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), pname
         assert param.grad.abs().sum() > 0, pname
@@ -305,9 +306,10 @@ def test_no_nan_for_single_snippet_and_all_zero_features(name, case):
         batch = _batch(lengths=(1, 1))
     else:
         batch = _batch(lengths=(4, 9))
-        batch.features.zero_()
-    out = model(batch.features, batch.mask)
-    losses = model.losses(out, batch.labels, batch.mask, 150)
+        for x in batch.inputs.values():
+            x.zero_()
+    out = model(batch)
+    losses = model.losses(out, batch, 150)
     losses["total"].sum().backward()
     cas, video = model.localization_scores(out, batch.mask)
     for tensor in [*losses.values(), cas, video, out.cas_logits]:
@@ -319,7 +321,7 @@ def test_no_nan_for_single_snippet_and_all_zero_features(name, case):
 def test_wum_background_column_gives_magnitude_split_softmax():
     model = _model("wum").eval()
     batch = _batch()
-    out = model(batch.features, batch.mask)
+    out = model(batch)
     probs = out.cas_logits.softmax(-1)
     fg = out.attention.clamp(1e-6, 1 - 1e-6)
     torch.testing.assert_close(probs[..., :CLASSES], out.extras["cas"].softmax(-1) * fg[..., None])
@@ -329,13 +331,12 @@ def test_wum_background_column_gives_magnitude_split_softmax():
 
 
 @pytest.mark.parametrize("name", ["stpn", "facnet"])
-def test_two_stream_models_split_input_at_half(name):
+def test_per_stream_models_give_each_stream_its_own_branch(name):
     model = _model(name).eval()
     batch = _batch()
-    out = model(batch.features, batch.mask)
-    changed = batch.features.clone()
-    changed[..., DIM // 2:] += 1.0  # only the flow half
-    out2 = model(changed, batch.mask)
+    out = model(batch)
+    changed = dataclasses.replace(batch, inputs={"rgb": batch.inputs["rgb"], "flow": batch.inputs["flow"] + 1.0})
+    out2 = model(changed)
     first = (lambda o: o.extras["tcams"][0]) if name == "stpn" else (lambda o: o.extras["streams"][0]["logits"])
     second = (lambda o: o.extras["tcams"][1]) if name == "stpn" else (lambda o: o.extras["streams"][1]["logits"])
     torch.testing.assert_close(first(out), first(out2))
@@ -345,7 +346,7 @@ def test_two_stream_models_split_input_at_half(name):
 def test_basnet_video_score_is_softmax_of_topk_mean_of_suppressed_cas():
     model = _model("basnet").eval()
     batch = _batch(lengths=(16, 9))
-    out = model(batch.features, batch.mask)
+    out = model(batch)
     for b, length in enumerate([16, 9]):
         cas = out.cas_logits[b, :length]
         k = max(length // 8, 1)
@@ -357,24 +358,11 @@ def test_basnet_video_score_is_softmax_of_topk_mean_of_suppressed_cas():
 def test_factory_names_and_errors():
     assert set(MODEL_NAMES) >= {"rskp", "stpn", "basnet", "wum", "facnet", "mil"}
     with pytest.raises(WtalInputError, match="rskp.*stpn"):
-        build_model("nope", DIM, CLASSES)
+        build_model("nope", joint_context(DIM, CLASSES))
     with pytest.raises(WtalInputError, match="unknown hyperparameter"):
-        build_model("rskp", DIM, CLASSES, scale_factor=3)
-    model = build_model("RSKP", DIM, CLASSES, test_cas_weights=[0.85, 0.15])
+        build_model("rskp", joint_context(DIM, CLASSES), scale_factor=3)
+    model = build_model("RSKP", joint_context(DIM, CLASSES), test_cas_weights=[0.85, 0.15])
     assert model.hp.test_cas_weights == (0.85, 0.15)
-    assert postprocess_defaults("wum").extra_thresholds[0] == pytest.approx(0.4)
-    assert len(postprocess_defaults("rskp").cas_thresholds) == 20
-
-
-def test_postprocess_defaults_map_to_localize_overrides():
-    gf = postprocess_defaults("rskp").__class__(class_threshold=0.16, margin_scale=0.0785, margin_power=0.9,
-                                                suppression="gaussian", overlap_threshold=0.25)
-    over = gf.localize_overrides()
-    assert over["method"] == "fusion" and over["fuse_iou"] == 0.25 and over["margin"] == "power"
-    assert over["margin_coef"] == 0.0785 and over["threshold_mode"] == "absolute"
-    bas = postprocess_defaults("basnet").localize_overrides()
-    assert bas["method"] == "nms" and bas["nms_iou"] == 0.7 and bas["overlap"] == "iou"
-    assert bas["margin"] == "linear" and bas["score_gamma"] == 0.2
 
 
 def test_rskp_video_without_labels_skips_memory_branch():
@@ -383,7 +371,7 @@ def test_rskp_video_without_labels_skips_memory_branch():
     batch = _batch(lengths=(5, 8))
     labels = torch.tensor([[0.0, 0, 0, 0], [0.0, 1, 0, 0]])
     scores_before = model.memory_scores.clone()
-    losses = model.losses(model(batch.features, batch.mask), labels, batch.mask, 150)
+    losses = model.losses(model(batch), dataclasses.replace(batch, labels=labels), 150)
     assert all(torch.isfinite(v).all() for v in losses.values())
     changed = (model.memory_scores != scores_before).any(dim=1)
     assert changed.tolist() == [False, True, False, False]

@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers import collate_joint
 from torch import nn
 
-from wtal.data.batch import collate_videos
 from wtal.errors import WtalInputError
 from wtal.localize.pipeline import LocalizeConfig, localize_video
 from wtal.models.base import ModelOutput
@@ -19,7 +19,6 @@ from wtal.pseudo.plugin import (
     GauFuseConfig,
     GauFusePlugin,
     build_gaufuse_plugin,
-    build_pseudo_plugin,
     label_scale,
 )
 from wtal.pseudo.teacher import VideoScores, snapshot_teacher, teacher_scores
@@ -36,8 +35,8 @@ class StubModel(nn.Module):
         self.gain = nn.Parameter(torch.tensor(8.0))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, features, mask):
-        x = self.drop(features)
+    def forward(self, batch):
+        x, mask = self.drop(batch.inputs["rgb"]), batch.mask
         logits = torch.cat([self.gain * x - 2.0, torch.zeros_like(x[..., :1])], dim=-1)
         p = torch.softmax(logits, -1)[..., :C]
         video = (p * mask[..., None]).amax(dim=1)
@@ -51,9 +50,9 @@ class StubModel(nn.Module):
     def distill_logits(self, out):
         return [(1.0, out.cas_logits)]
 
-    def losses(self, out, labels, mask, epoch):
+    def losses(self, out, batch, epoch):
         """Video-level BCE times ``base_scale`` (a model whose losses live on another scale)."""
-        bce = torch.nn.functional.binary_cross_entropy(out.video_scores.clamp(1e-6, 1 - 1e-6), labels,
+        bce = torch.nn.functional.binary_cross_entropy(out.video_scores.clamp(1e-6, 1 - 1e-6), batch.labels,
                                                        reduction="none").mean(dim=1)
         return {"total": self.base_scale * bce}
 
@@ -77,16 +76,18 @@ def _videos():
 ITEMS = _videos()
 
 
+def collate_rgb(items):
+    return collate_joint(items, streams=("rgb",))
+
+
 def train_batches():
-    yield collate_videos(ITEMS[:2])
-    yield collate_videos(ITEMS[2:])
+    yield collate_rgb(ITEMS[:2])
+    yield collate_rgb(ITEMS[2:])
 
 
 def _plugin(preset="paper", total=10, **extra):
-    plugin = build_pseudo_plugin({"name": "gaufuse", "preset": preset, **extra}, num_classes=C,
-                                 snippets_per_second=25 / 16, total_epochs=total)
-    assert isinstance(plugin, GauFusePlugin)
-    return plugin
+    return GauFusePlugin(GauFuseConfig.from_dict({"name": "gaufuse", "preset": preset, **extra}, total_epochs=total),
+                         num_classes=C)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -101,10 +102,10 @@ def test_teacher_is_a_frozen_eval_copy():
     assert student.training and student.gain.requires_grad
     assert teacher.gain.data_ptr() != student.gain.data_ptr()
     batch = next(train_batches())
-    before = teacher(batch.features, batch.mask).cas_logits.clone()
+    before = teacher(batch).cas_logits.clone()
     with torch.no_grad():
         student.gain.mul_(-3.0)
-    after = teacher(batch.features, batch.mask).cas_logits
+    after = teacher(batch).cas_logits
     assert torch.equal(before, after)
     # the reference keeps dropout on
     assert snapshot_teacher(student, dropout=True).training
@@ -120,8 +121,8 @@ def test_teacher_scores_cover_real_snippets_only():
     assert mixed["b"].cas.shape == (45, C + 1) and mixed["b"].video_scores.shape == (C + 1,)
     assert mixed["b"].labels[-1] == 0.0
     # without attention the mix of one branch is that branch's softmax
-    batch = collate_videos(ITEMS[:1])
-    logits = StubModel()(batch.features, batch.mask).cas_logits[0]
+    batch = collate_rgb(ITEMS[:1])
+    logits = StubModel()(batch).cas_logits[0]
     assert np.allclose(mixed["a"].cas, torch.softmax(logits, -1).detach().numpy())
 
 
@@ -171,7 +172,7 @@ def test_video_without_instances_gets_zero_rows():
 def _run_epoch(plugin, model, epoch):
     plugin.on_epoch_start(epoch, model, train_batches)
     batch = next(train_batches())
-    return plugin.loss(model, model(batch.features, batch.mask), batch, epoch)
+    return plugin.loss(model, model(batch), batch, epoch)
 
 
 def test_paper_plugin_targets_and_delta():
@@ -229,9 +230,9 @@ def _mean_losses(plugin, model, epoch):
     distill = base = 0.0
     with torch.no_grad():
         for batch in train_batches():
-            out = model(batch.features, batch.mask)
+            out = model(batch)
             distill += float(plugin.loss(model, out, batch, epoch).sum())
-            base += float(model.losses(out, batch.labels, batch.mask, epoch)["total"].sum())
+            base += float(model.losses(out, batch, epoch)["total"].sum())
     return distill / len(ITEMS), base / len(ITEMS)
 
 
@@ -263,7 +264,7 @@ def test_loss_balance_falls_back_to_loss_weight_when_unmeasurable(caplog):
         plugin.on_epoch_start(6, model, train_batches)
     assert plugin.weight_factor == 1.0 and "loss_balance" in caplog.text
     batch = next(train_batches())
-    out = model(batch.features, batch.mask)
+    out = model(batch)
     unbalanced = _plugin("paper", total=10, loss_balance=None, loss_weight=2.5)
     unbalanced.on_epoch_start(6, model, train_batches)
     assert torch.allclose(plugin.loss(model, out, batch, 6), unbalanced.loss(model, out, batch, 6))
@@ -274,7 +275,7 @@ def test_loss_backpropagates_into_the_student():
     model = StubModel()
     plugin.on_epoch_start(6, model, train_batches)
     batch = next(train_batches())
-    plugin.loss(model, model(batch.features, batch.mask), batch, 6).sum().backward()
+    plugin.loss(model, model(batch), batch, 6).sum().backward()
     assert model.gain.grad is not None and torch.isfinite(model.gain.grad)
 
 
@@ -289,7 +290,7 @@ def test_reference_plugin_labels_background_and_scales_delta():
     spec = plugin.target_spec(25)
     assert spec.kind == "delta" and spec.scale == 2.0
     batch = next(train_batches())
-    loss = plugin.loss(model, model(batch.features, batch.mask), batch, 25)
+    loss = plugin.loss(model, model(batch), batch, 25)
     assert loss.shape == (2,) and torch.isfinite(loss).all()
 
 
@@ -314,7 +315,7 @@ def test_state_dict_round_trip_and_resume():
 
     restored.on_epoch_start(7, model, must_not_run)  # resuming inside epoch 7
     batch = next(train_batches())
-    out = model(batch.features, batch.mask)
+    out = model(batch)
     assert torch.equal(restored.loss(model, out, batch, 7), plugin.loss(model, out, batch, 7))
     with pytest.raises(WtalInputError):
         restored.load_state_dict({"version": 99})
@@ -325,12 +326,12 @@ def test_labels_must_match_the_videos():
     model = StubModel()
     plugin.on_epoch_start(6, model, train_batches)
     f, y, _, _ = ITEMS[0]
-    wrong = collate_videos([(f[:50], y, "a", 0)])
+    wrong = collate_rgb([(f[:50], y, "a", 0)])
     with pytest.raises(WtalInputError, match="50"):
-        plugin.loss(model, model(wrong.features, wrong.mask), wrong, 6)
-    unknown = collate_videos([(f, y, "zzz", 0)])
+        plugin.loss(model, model(wrong), wrong, 6)
+    unknown = collate_rgb([(f, y, "zzz", 0)])
     with pytest.raises(WtalInputError, match="zzz"):
-        plugin.loss(model, model(unknown.features, unknown.mask), unknown, 6)
+        plugin.loss(model, model(unknown), unknown, 6)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -378,12 +379,13 @@ def test_bad_configs_are_rejected(cfg):
 
 
 def test_factories():
-    assert build_pseudo_plugin(None, num_classes=C, snippets_per_second=1.0, total_epochs=5) is None
-    assert build_pseudo_plugin({"name": "none"}, num_classes=C, snippets_per_second=1.0, total_epochs=5) is None
     from wtal.engine.plugins import PluginContext, build_plugins
 
+    assert build_plugins(None, None) == []
     ctx = PluginContext(classes=["x", "y", "z"], snippets_per_second=25 / 16, num_train_videos=3, epochs=35,
                         device=torch.device("cpu"), postprocess={}, config={})
     (plugin,) = build_plugins({"name": "gaufuse", "preset": "paper"}, ctx)
     assert isinstance(plugin, GauFusePlugin) and plugin.schedule.generation_epochs[0] == 20
     assert build_gaufuse_plugin(ctx).num_classes == 3
+    with pytest.raises(WtalInputError, match="unknown plug-in 'nope'"):
+        build_plugins([{"name": "nope"}], ctx)

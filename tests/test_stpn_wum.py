@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import collate_joint, joint_context
 
-from wtal.data.batch import collate_videos
 from wtal.models import build_model
 from wtal.models.losses import binary_cross_entropy, softmax_binary_cross_entropy
 
@@ -22,11 +22,11 @@ def _video(t: int, seed: int, dim: int = DIM) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ STPN
 def test_stpn_sparsity_is_reference_length_times_mean_attention():
     torch.manual_seed(0)
-    model = build_model("stpn", DIM, CLASSES).eval()
+    model = build_model("stpn", joint_context(DIM, CLASSES)).eval()
     labels = np.eye(CLASSES, dtype=np.float32)
-    batch = collate_videos([(_video(7, 0), labels[0], "a", 0), (_video(30, 1), labels[1], "b", 1)])
-    out = model(batch.features, batch.mask)
-    sparsity = model.losses(out, batch.labels, batch.mask, 0)["sparsity"]
+    batch = collate_joint([(_video(7, 0), labels[0], "a", 0), (_video(30, 1), labels[1], "b", 1)])
+    out = model(batch)
+    sparsity = model.losses(out, batch, 0)["sparsity"]
     for b, length in enumerate([7, 30]):
         expected = sum(400.0 * float(a[b, :length].detach().mean()) for a in out.extras["attentions"])
         assert float(sparsity[b].detach()) == pytest.approx(expected, rel=1e-5)
@@ -34,16 +34,16 @@ def test_stpn_sparsity_is_reference_length_times_mean_attention():
 
 def test_stpn_sparsity_does_not_grow_with_video_length():
     torch.manual_seed(0)
-    model = build_model("stpn", DIM, CLASSES).eval()
-    legacy = build_model("stpn", DIM, CLASSES, sparsity_length=None).eval()
+    model = build_model("stpn", joint_context(DIM, CLASSES)).eval()
+    legacy = build_model("stpn", joint_context(DIM, CLASSES), sparsity_length=None).eval()
     legacy.load_state_dict(model.state_dict())
     video, label = _video(9, 3), np.eye(CLASSES, dtype=np.float32)[0]
-    short = collate_videos([(video, label, "v", 0)])
-    long = collate_videos([(np.tile(video, (4, 1)), label, "v4", 0)])  # same snippets, 4x as long
+    short = collate_joint([(video, label, "v", 0)])
+    long = collate_joint([(np.tile(video, (4, 1)), label, "v4", 0)])  # same snippets, 4x as long
     values = {}
     for name, m in [("mean", model), ("sum", legacy)]:
         for key, batch in [("short", short), ("long", long)]:
-            losses = m.losses(m(batch.features, batch.mask), batch.labels, batch.mask, 0)
+            losses = m.losses(m(batch), batch, 0)
             values[name, key] = float(losses["sparsity"].detach())
     assert values["mean", "long"] == pytest.approx(values["mean", "short"], rel=1e-5)
     assert values["sum", "long"] == pytest.approx(4 * values["sum", "short"], rel=1e-5)
@@ -72,18 +72,18 @@ def test_stpn_attention_learns_action_snippets_on_a_tiny_set():
         items.append((x, np.eye(CLASSES, dtype=np.float32)[c], f"v{i}", i))
         masks.append(action)
     torch.manual_seed(0)
-    model = build_model("stpn", DIM, CLASSES, two_stream=False, sparsity_weight=1e-5)
+    model = build_model("stpn", joint_context(DIM, CLASSES), per_stream=False, sparsity_weight=1e-5)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(40):
         for k in range(0, len(items), 6):
-            batch = collate_videos(items[k:k + 6])
+            batch = collate_joint(items[k:k + 6])
             opt.zero_grad()
-            model.losses(model(batch.features, batch.mask), batch.labels, batch.mask, 0)["total"].sum().backward()
+            model.losses(model(batch), batch, 0)["total"].sum().backward()
             opt.step()
     model.eval()
-    batch = collate_videos(items)
+    batch = collate_joint(items)
     with torch.no_grad():
-        attention = model(batch.features, batch.mask).attention
+        attention = model(batch).attention
     act = torch.cat([attention[i, :len(m)][torch.from_numpy(m)] for i, m in enumerate(masks)])
     bkg = torch.cat([attention[i, :len(m)][~torch.from_numpy(m)] for i, m in enumerate(masks)])
     assert float(act.mean()) > 0.1  # not collapsed to 0
@@ -98,19 +98,19 @@ def test_stpn_attention_learns_action_snippets_on_a_tiny_set():
     (256, None, 100.0),  # scaling off
 ])
 def test_wum_margin_scales_with_embedding_width(width, reference, expected):
-    model = build_model("wum", 8, CLASSES, hidden_dim=width, margin_reference_dim=reference)
+    model = build_model("wum", joint_context(8, CLASSES), hidden_dim=width, margin_reference_dim=reference)
     assert model.margin == pytest.approx(expected)
 
 
 def test_wum_margin_enters_the_uncertainty_loss():
     torch.manual_seed(0)
-    model = build_model("wum", DIM, CLASSES, hidden_dim=32).eval()
-    batch = collate_videos([(_video(20, 0), np.eye(CLASSES, dtype=np.float32)[0], "v", 0)])
-    out = model(batch.features, batch.mask)
+    model = build_model("wum", joint_context(DIM, CLASSES), hidden_dim=32).eval()
+    batch = collate_joint([(_video(20, 0), np.eye(CLASSES, dtype=np.float32)[0], "v", 0)])
+    out = model(batch)
     act = torch.linalg.vector_norm(out.extras["feat_act"], dim=-1)
     bkg = torch.linalg.vector_norm(out.extras["feat_bkg"], dim=-1)
     expected = (torch.clamp(100.0 * math.sqrt(32 / 2048) - act, min=0) + bkg) ** 2
-    torch.testing.assert_close(model.losses(out, batch.labels, batch.mask, 0)["um"], expected)
+    torch.testing.assert_close(model.losses(out, batch, 0)["um"], expected)
 
 
 def test_softmax_bce_matches_bce_of_softmax_on_moderate_logits():
@@ -139,14 +139,14 @@ def test_softmax_bce_gradient_is_finite_where_the_softmax_underflows():
 @pytest.mark.parametrize("name", ["wum", "basnet"])  # both train on BCE of softmax video scores
 def test_softmax_bce_models_stay_finite_on_extreme_inputs(name, scale):
     torch.manual_seed(0)
-    model = build_model(name, DIM, CLASSES, hidden_dim=24).train()
+    model = build_model(name, joint_context(DIM, CLASSES), hidden_dim=24).train()
     labels = np.eye(CLASSES, dtype=np.float32)
-    batch = collate_videos([(_video(t, t) * scale, labels[t % CLASSES], f"v{t}", t) for t in (1, 5, 40)])
+    batch = collate_joint([(_video(t, t) * scale, labels[t % CLASSES], f"v{t}", t) for t in (1, 5, 40)])
     classifier = model.classifier if name == "wum" else model.cas_module.classifier
     with torch.no_grad():  # a classifier with a huge logit range, as after a too-large learning rate
         classifier.weight.mul_(1e3)
-    out = model(batch.features, batch.mask)
-    losses = model.losses(out, batch.labels, batch.mask, 0)
+    out = model(batch)
+    losses = model.losses(out, batch, 0)
     losses["total"].sum().backward()
     for value in losses.values():
         assert torch.isfinite(value).all()

@@ -134,14 +134,16 @@ def test_written_layouts_read_back(tmp_path):
     assert (tmp_path / "wtalc" / "Ambiguous_test.txt").read_text().strip()
     for key in ("wtalc", "folders"):
         src = open_source(paths[key])
-        assert src.layout.dim == 16
+        assert src.stream_widths() == {"rgb": 8, "flow": 8}
         assert src.annotations.classes == data.annotations.classes
         for name, v in data.annotations.videos.items():
             got = src.annotations.videos[name]
             assert got.subset == v.subset and set(got.labels) == set(v.labels)
             assert [(i.label, i.start, i.end) for i in got.instances] == \
                 [(i.label, i.start, i.end) for i in v.instances]
-            np.testing.assert_array_equal(src.features(name), data.features[name])
+            got_streams = src.features(name, ["rgb", "flow"])
+            np.testing.assert_array_equal(np.concatenate([got_streams["rgb"], got_streams["flow"]], axis=1),
+                                          data.features[name])
     assert open_source(paths["wtalc"]).annotations.ambiguous == data.annotations.ambiguous
 
 
@@ -151,7 +153,7 @@ def test_cli_synth(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "3 train + 3 test videos" in text and str(out / "wtalc") in text
     assert (out / "folders" / "gt.json").is_file()
-    assert open_source(out / "wtalc").features(open_source(out / "wtalc").annotations.names()[0]).shape[1] == 8
+    assert open_source(out / "wtalc").stream_widths() == {"rgb": 4, "flow": 4}
 
 
 @pytest.mark.parametrize("argv", [["--dim", "7"], ["--dim", "0"], ["--videos", "1"]])

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test")
     s.add_argument("--out", required=True, help="result JSON to write")
     s.add_argument("--cas", default=None, help="also write the CAS file here")
+    s.add_argument("--data", default=None,
+                   help="predict on this data folder instead of the run's (same classes, streams and widths)")
     s.add_argument("--device", default=None)
     s.set_defaults(_target="wtal.engine.command:predict_command")
 
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True)
     s.add_argument("--video", required=True)
     s.add_argument("--out", default=None, help="PNG to write (default: RUN/plots/VIDEO.png)")
+    s.add_argument("--data", default=None, help="the run's data folder, if it moved")
     s.set_defaults(_target="wtal.viz.command:plot_command")
 
     s = sub.add_parser("demo", help="synthetic data -> train -> localize -> evaluate -> plot, on CPU")

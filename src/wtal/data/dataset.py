@@ -1,4 +1,5 @@
-"""Whole-video dataset over a feature source, with modality selection."""
+"""Whole-video dataset over a feature source: one :class:`~wtal.data.batch.Sample` per video, with the
+streams a run reads."""
 
 from __future__ import annotations
 
@@ -7,35 +8,36 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from wtal.data.batch import Batch, Sample, collate_samples
 from wtal.data.sources import FeatureSource
+from wtal.data.streams import unknown_streams
 from wtal.errors import WtalInputError
-
-MODALITY_CHOICES = ("rgb", "flow", "both")
 
 
 class VideoDataset(torch.utils.data.Dataset):
-    """Item ``i``: ``(features (T, D') float32, labels (C,) float32 multi-hot, name, i)``.
+    """Item ``i``: a :class:`Sample` with the streams ``streams`` of video ``names[i]`` and its video-level
+    training labels. With ``cache`` every video is kept in memory after its first load."""
 
-    ``D'`` is the width of the selected modality (``rgb``, ``flow`` or ``both``); labels are the video-level
-    training labels. With ``cache`` every video is kept in memory after its first load.
-    """
-
-    def __init__(self, source: FeatureSource, names: Sequence[str], modality: str = "both",
+    def __init__(self, source: FeatureSource, names: Sequence[str], streams: Sequence[str] = ("rgb", "flow"),
                  cache: bool = True):
-        if modality not in MODALITY_CHOICES:
-            raise WtalInputError(f"unknown modality {modality!r}", path=getattr(source, "path", None),
-                                 fix=f"choose one of {MODALITY_CHOICES}")
-        missing = [n for n in names if n not in source.annotations.videos]
-        if missing:
-            raise WtalInputError(f"{len(missing)} requested videos are not in the annotations",
-                                 path=source.path, video=missing[0],
+        available = source.stream_widths()
+        missing = unknown_streams(streams, available, source.path)
+        if missing is not None:
+            raise missing
+        if not streams:
+            raise WtalInputError("no feature stream selected", path=source.path,
+                                 fix=f"read at least one of the data's streams {list(available)}")
+        unknown = [n for n in names if n not in source.annotations.videos]
+        if unknown:
+            raise WtalInputError(f"{len(unknown)} requested videos are not in the annotations",
+                                 path=source.path, video=unknown[0],
                                  fix="use video names from the source's annotations")
         self.source = source
         self.names = list(names)
-        self.modality = modality
+        self.streams = list(streams)
+        self.stream_widths = {s: available[s] for s in self.streams}
         self.cache = cache
-        self._columns = source.layout.columns(modality)
-        self._cached: dict[int, np.ndarray] = {}
+        self._cached: dict[int, dict[str, np.ndarray]] = {}
 
     @property
     def classes(self) -> list[str]:
@@ -46,26 +48,28 @@ class VideoDataset(torch.utils.data.Dataset):
         return len(self.classes)
 
     @property
-    def feature_dim(self) -> int:
-        return len(range(self.source.layout.dim)[self._columns])
+    def input_width(self) -> int:
+        """Total width of the dataset's streams (the feature dimension a joint model sees)."""
+        return sum(self.stream_widths.values())
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def video_features(self, i: int) -> np.ndarray:
-        """``(T, D')`` float32 features of video ``i`` (selected modality)."""
+    def video_features(self, i: int) -> dict[str, np.ndarray]:
+        """``{stream: (T, D_stream) float32}`` of video ``i``."""
         x = self._cached.get(i)
         if x is None:
-            # A contiguous copy for one modality, so the cache does not pin the other modality's columns.
-            full = self.source.features(self.names[i])
-            x = full if self.modality == "both" else np.ascontiguousarray(full[:, self._columns])
+            x = self.source.features(self.names[i], self.streams)
             if self.cache:
                 self._cached[i] = x
         return x
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, str, int]:
+    def __getitem__(self, i: int) -> Sample:
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         i = i % len(self)
         name = self.names[i]
-        return self.video_features(i), self.source.annotations.multi_hot(name), name, i
+        return Sample(self.video_features(i), self.source.annotations.multi_hot(name), name, i)
+
+    def collate(self, samples: Sequence[Sample]) -> Batch:
+        return collate_samples(samples)

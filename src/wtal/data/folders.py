@@ -1,16 +1,16 @@
-"""Per-video feature folders: ``features/{train,test}/{rgb,flow}/VIDEO.npy`` plus an ActivityNet-style
-``gt.json``.
+"""Per-video feature folders: ``features/{train,test}/STREAM/VIDEO.npy`` plus an ActivityNet-style ``gt.json``.
 
-Each ``VIDEO.npy`` is a plain float ``(T, D_modality)`` array; the RGB and flow files of a video have the
-same ``T`` and are concatenated RGB first. The split folder is ``test`` for the evaluation subset and
-``train`` for the training subset (see :func:`~wtal.data.sources.split_subsets`); a video is looked for in
-the other split folder too, so hand-made folders with a different split still load. Files are read
-lazily, one video at a time.
+Each ``VIDEO.npy`` is a plain float ``(T, D_stream)`` array. Every sub-folder of ``features/{train,test}/``
+is a stream (``rgb`` and ``flow`` for I3D, any extra one such as ``clip``); all streams of a video have the
+same ``T``. The split folder is ``test`` for the evaluation subset and ``train`` for the training subset
+(see :func:`~wtal.data.sources.split_subsets`); a video is looked for in the other split folder too, so
+hand-made folders with a different split still load. Files are read lazily, one video at a time. An optional
+``class_text.npy`` (``(C, E)``, class-list order) holds class-name text embeddings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,18 @@ from wtal.atomic import write_atomic
 from wtal.data.activitynet import read_activitynet_json, write_activitynet_json
 from wtal.data.annotations import AnnotationSet
 from wtal.data.sources import FEATURES_DIR, GT_FILE, split_subsets
-from wtal.data.timebase import FeatureLayout
-from wtal.data.validate import REEXTRACT, check_features
+from wtal.data.streams import (
+    CLASS_TEXT_FILE,
+    NpyStream,
+    check_same_length,
+    ordered_streams,
+    read_class_text,
+    stream_folders,
+    unknown_streams,
+)
+from wtal.data.validate import check_features
 from wtal.errors import WtalInputError
 
-MODALITIES = ("rgb", "flow")
 SPLITS = ("train", "test")
 
 
@@ -32,32 +39,37 @@ def _split_folders(annotations: AnnotationSet) -> dict[str, str]:
     return {train: "train", test: "test"}
 
 
-def write_video_folders(folder: str | Path, annotations: AnnotationSet, features: Mapping[str, np.ndarray],
-                        layout: FeatureLayout) -> Path:
-    """Write ``folder/features/{train,test}/{rgb,flow}/VIDEO.npy`` and ``folder/gt.json``; return ``folder``.
+def write_video_folders(folder: str | Path, annotations: AnnotationSet,
+                        features: Mapping[str, Mapping[str, np.ndarray]]) -> Path:
+    """Write ``folder/features/{train,test}/STREAM/VIDEO.npy`` and ``folder/gt.json``; return ``folder``.
 
-    ``rgb`` is ``features[name][:, layout.rgb]`` and ``flow`` is ``features[name][:, layout.flow]``. Every
-    video must belong to the training or the evaluation subset. ``gt.json`` is written last.
+    ``features[video][stream]`` is a ``(T, D_stream)`` array; every video needs the same streams, each
+    with the same width in every video. Every video must belong to the training or the evaluation subset.
+    ``gt.json`` is written last.
     """
     folder = Path(folder)
     split_of = _split_folders(annotations)
+    widths: dict[str, int] = {}
+    where = folder / FEATURES_DIR
     for v in annotations.videos.values():
-        where = folder / FEATURES_DIR
         if v.subset not in split_of:
             raise WtalInputError(f"subset {v.subset!r} is neither the training nor the evaluation subset "
                                  f"{tuple(split_of)}", path=annotations.source, video=v.name,
                                  fix="drop the videos of other subsets before writing")
-        if v.snippets_per_second != layout.snippets_per_second:
-            raise WtalInputError(f"video rate {v.snippets_per_second} differs from the layout rate "
-                                 f"{layout.snippets_per_second}", path=annotations.source, video=v.name,
-                                 fix="use one snippet rate for the annotations and the layout")
         if v.name not in features:
             raise WtalInputError("no features given for this video", path=where, video=v.name,
                                  fix="pass features for every annotated video")
-        x = check_features(features[v.name], path=where, video=v.name, dim=layout.dim)
-        for modality in MODALITIES:
-            part = np.ascontiguousarray(x[:, layout.columns(modality)])
-            path = where / split_of[v.subset] / modality / f"{v.name}.npy"
+        streams = features[v.name]
+        if widths and set(streams) != set(widths):
+            raise WtalInputError(f"streams {sorted(streams)} differ from the other videos' {sorted(widths)}",
+                                 path=where, video=v.name, fix="give every video the same streams")
+        arrays = {s: check_features(x, path=where, video=v.name, dim=widths.get(s), what=f"{s} features")
+                  for s, x in streams.items()}
+        check_same_length(v.name, arrays, where)
+        for stream, x in arrays.items():
+            widths[stream] = x.shape[1]
+            path = where / split_of[v.subset] / stream / f"{v.name}.npy"
+            part = np.ascontiguousarray(x)
             write_atomic(path, lambda fh, part=part: np.save(fh, part, allow_pickle=False), binary=True)
     write_activitynet_json(folder / GT_FILE, annotations)
     return folder
@@ -76,55 +88,45 @@ class FolderSource:
             self._split_of = _split_folders(self.annotations)
         except WtalInputError:  # unusual subset names: look in both split folders
             self._split_of = {}
-        first = next(iter(self.annotations.videos.values()))
-        self._rate = first.snippets_per_second
-        self._layout: FeatureLayout | None = None
+        self.snippets_per_second = next(iter(self.annotations.videos.values())).snippets_per_second
+        names = set()
+        for split in SPLITS:
+            names |= set(stream_folders(self.path / FEATURES_DIR / split))
+        self._streams = {s: NpyStream(s, [self.path / FEATURES_DIR / split / s for split in SPLITS])
+                         for s in ordered_streams(names)}
+        self._widths: dict[str, int] | None = None
 
-    def video_file(self, name: str, modality: str) -> Path:
-        """Path of one modality of one video (the expected one when it does not exist)."""
+    def stream_widths(self) -> dict[str, int]:
+        """Every stream of the folder and its width (read from the first video's file header)."""
+        if self._widths is None:
+            self._widths = {s: stream.width(self.annotations.videos) for s, stream in self._streams.items()}
+        return dict(self._widths)
+
+    def _preferred(self, name: str, stream: str) -> Path | None:
+        split = self._split_of.get(self.annotations.videos[name].subset)
+        return self.path / FEATURES_DIR / split / stream if split else None
+
+    def video_file(self, name: str, stream: str) -> Path:
+        """Path of one stream of one video (the expected one when it does not exist)."""
         if name not in self.annotations.videos:
             raise WtalInputError("video not in gt.json", path=self.path / GT_FILE, video=name,
                                  fix="use a video name from gt.json")
-        preferred = self._split_of.get(self.annotations.videos[name].subset)
-        splits = [preferred] + [s for s in SPLITS if s != preferred] if preferred else list(SPLITS)
-        paths = [self.path / FEATURES_DIR / s / modality / f"{name}.npy" for s in splits]
-        return next((p for p in paths if p.is_file()), paths[0])
+        if stream not in self._streams:
+            raise unknown_streams([stream], self.stream_widths(), self.path / FEATURES_DIR)
+        return self._streams[stream].path(name, self._preferred(name, stream))
 
-    def _open(self, name: str, modality: str, *, mmap: bool) -> tuple[np.ndarray, Path]:
-        path = self.video_file(name, modality)
-        if not path.is_file():
-            raise WtalInputError(f"{modality} feature file not found", path=path, video=name,
-                                 fix="pass the right --data folder or extract the features of this video")
-        try:
-            return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None), path
-        except (OSError, ValueError, EOFError) as exc:
-            raise WtalInputError(f"not a readable numeric .npy file ({exc})", path=path, video=name,
-                                 fix=REEXTRACT) from None
+    def features(self, name: str, streams: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{stream: (T, D_stream) float32}`` of video ``name``, checked (finite, same ``T``)."""
+        widths = self.stream_widths()
+        missing = unknown_streams(streams, widths, self.path / FEATURES_DIR)
+        if missing is not None:
+            raise missing
+        if name not in self.annotations.videos:
+            raise WtalInputError("video not in gt.json", path=self.path / GT_FILE, video=name,
+                                 fix="use a video name from gt.json")
+        out = {s: self._streams[s].load(name, widths[s], self._preferred(name, s)) for s in streams}
+        check_same_length(name, out, self.video_file(name, streams[-1]))
+        return out
 
-    def _width(self, name: str, modality: str) -> int:
-        """Columns of one modality, read from the file header (memory-mapped, values not read)."""
-        raw, path = self._open(name, modality, mmap=True)
-        head = raw if raw.ndim == 0 else raw[:1]  # checks 2-D and T >= 1 without reading the whole file
-        return check_features(head, path=path, video=name, what=f"{modality} features").shape[1]
-
-    def _load(self, name: str, modality: str, dim: int) -> np.ndarray:
-        raw, path = self._open(name, modality, mmap=False)
-        return check_features(raw, path=path, video=name, dim=dim, what=f"{modality} features")
-
-    @property
-    def layout(self) -> FeatureLayout:
-        if self._layout is None:
-            first = next(iter(self.annotations.videos))
-            d_rgb, d_flow = self._width(first, "rgb"), self._width(first, "flow")
-            self._layout = FeatureLayout(self._rate, (0, d_rgb), (d_rgb, d_rgb + d_flow))
-        return self._layout
-
-    def features(self, name: str) -> np.ndarray:
-        """``(T, D_rgb + D_flow)`` float32 features of ``name`` (RGB columns first), checked."""
-        layout = self.layout
-        rgb = self._load(name, "rgb", layout.rgb[1] - layout.rgb[0])
-        flow = self._load(name, "flow", layout.flow[1] - layout.flow[0])
-        if rgb.shape[0] != flow.shape[0]:
-            raise WtalInputError(f"rgb has {rgb.shape[0]} snippets but flow has {flow.shape[0]}",
-                                 path=self.video_file(name, "flow"), video=name, fix=REEXTRACT)
-        return np.concatenate([rgb, flow], axis=1)
+    def class_text(self) -> np.ndarray | None:
+        return read_class_text(self.path / CLASS_TEXT_FILE, self.annotations.classes)

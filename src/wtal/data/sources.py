@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -9,7 +10,6 @@ import numpy as np
 
 from wtal.data.activitynet import read_activitynet_json
 from wtal.data.annotations import AnnotationSet
-from wtal.data.timebase import FeatureLayout
 from wtal.data.wtalc import FEATURE_SUFFIX, WtalcSource, read_wtalc_annotations
 from wtal.errors import WtalInputError
 
@@ -21,16 +21,23 @@ _EXPECTED = ("expected a W-TALC bundle (<Name>-I3D-JOINTFeatures.npy with its an
 
 @runtime_checkable
 class FeatureSource(Protocol):
-    """Annotations plus per-video ``(T, D)`` features laid out as ``layout`` says."""
+    """Annotations plus per-video features as named streams (``rgb``, ``flow``, extras such as ``clip``)."""
 
     path: Path
     annotations: AnnotationSet
+    snippets_per_second: float
 
-    @property
-    def layout(self) -> FeatureLayout: ...
+    def stream_widths(self) -> dict[str, int]:
+        """Every stream the source holds, with its width, ``rgb`` and ``flow`` first."""
+        ...
 
-    def features(self, name: str) -> np.ndarray:
-        """``(T, D)`` float32 features of video ``name``, checked: finite, ``T > 0``, ``D == layout.dim``."""
+    def features(self, name: str, streams: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{stream: (T, D_stream) float32}`` of video ``name``, checked: finite, ``T > 0``, widths as
+        ``stream_widths``, the same ``T`` for every stream."""
+        ...
+
+    def class_text(self) -> np.ndarray | None:
+        """Class-name text embeddings ``(C, E)`` (``class_text.npy``), or None when the data has none."""
         ...
 
 
@@ -54,7 +61,18 @@ def open_source(path: str | Path, snippets_per_second: float | None = None) -> F
         return FolderSource(path, snippets_per_second)
     if path.name.endswith(FEATURE_SUFFIX) or (path.is_dir() and any(path.glob(f"*{FEATURE_SUFFIX}"))):
         return WtalcSource(path, snippets_per_second)
+    inner = _sources_below(path) if path.is_dir() else []
+    if inner:
+        raise WtalInputError(f"not a feature source itself, but it contains {len(inner)}: "
+                             + ", ".join(str(p) for p in inner), path=path,
+                             fix=f"pass one of them as --data, e.g. --data {inner[0]}")
     raise WtalInputError(f"not a feature source: {_EXPECTED}", path=path, fix="pass the right --data folder")
+
+
+def _sources_below(path: Path) -> list[Path]:
+    """Sub-folders of ``path`` that are feature sources (e.g. `wtal synth`'s ``wtalc/`` and ``folders/``)."""
+    return [d for d in sorted(path.iterdir())
+            if d.is_dir() and (_is_folder_source(d) or any(d.glob(f"*{FEATURE_SUFFIX}")))]
 
 
 def load_annotations(path: str | Path) -> AnnotationSet:

@@ -551,7 +551,8 @@ def write_synthetic(out: str | Path, cfg: SynthConfig, data: SyntheticSet | None
     data = generate(cfg) if data is None else data
     out = Path(out)
     wtalc = write_wtalc_bundle(out / "wtalc", BUNDLE_NAME, data.annotations, data.features)
-    folders = write_video_folders(out / "folders", data.annotations, data.features, data.layout)
+    folders = write_video_folders(out / "folders", data.annotations,
+                                  {v: data.layout.split(x) for v, x in data.features.items()})
     return {"wtalc": Path(wtalc), "folders": Path(folders)}
 
 

@@ -62,6 +62,10 @@ class FeatureLayout:
             raise ValueError(f"a joint RGB+flow feature needs an even dimension >= 2, got {dim}")
         return cls(snippets_per_second, (0, dim // 2), (dim // 2, dim))
 
+    def split(self, joint) -> dict[str, np.ndarray]:
+        """A joint ``(T, dim)`` array as the streams ``{"rgb": ..., "flow": ...}`` (views)."""
+        return {"rgb": joint[:, slice(*self.rgb)], "flow": joint[:, slice(*self.flow)]}
+
     def columns(self, modality: str) -> slice:
         """Column slice of ``modality`` in ('rgb', 'flow', 'both')."""
         if modality == "rgb":

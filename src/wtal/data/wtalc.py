@@ -22,14 +22,24 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from wtal.atomic import write_atomic, write_text_atomic
 from wtal.data.annotations import AnnotationSet, Instance, VideoInfo
-from wtal.data.timebase import I3D_SNIPPETS_PER_SECOND, FeatureLayout
+from wtal.data.streams import (
+    CLASS_TEXT_FILE,
+    PRIMARY_STREAMS,
+    NpyStream,
+    check_same_length,
+    ordered_streams,
+    read_class_text,
+    stream_folders,
+    unknown_streams,
+)
+from wtal.data.timebase import I3D_SNIPPETS_PER_SECOND
 from wtal.data.validate import check_duration, check_features, check_rate, check_segment
 from wtal.errors import WtalInputError
 
@@ -279,8 +289,10 @@ class WtalcSource:
     """A W-TALC bundle as a feature source.
 
     ``path`` is the bundle folder or its feature file. The annotations are read at construction; the
-    feature file (an object array, so it cannot be memory-mapped) is loaded once, on first use. The layout
-    is read from the data: the first half of the columns is RGB, the second half flow.
+    feature file (an object array, so it cannot be memory-mapped) is loaded once, on first use. Its joint
+    columns give two streams: the first half ``rgb``, the second half ``flow``. Extra streams come from
+    sibling folders of the feature file, ``STREAM/VIDEO.npy`` (or ``STREAM/{train,test}/VIDEO.npy``), and
+    class-name text embeddings from ``class_text.npy`` beside it.
     """
 
     def __init__(self, path: str | Path, snippets_per_second: float | None = None):
@@ -292,7 +304,11 @@ class WtalcSource:
         self.annotations = read_wtalc_annotations(self.annotation_folder, self.snippets_per_second)
         self._index = {n: i for i, n in enumerate(self.annotations.videos)}
         self._features: np.ndarray | None = None
-        self._layout: FeatureLayout | None = None
+        self._joint_dim: int | None = None
+        folders = stream_folders(self.feature_path.parent, exclude=[self.annotation_folder])
+        self._extra = {name: NpyStream(name, [folder, *sorted(d for d in folder.iterdir() if d.is_dir())])
+                       for name, folder in folders.items() if name not in PRIMARY_STREAMS}
+        self._widths: dict[str, int] | None = None
 
     def _all_features(self) -> np.ndarray:
         if self._features is None:
@@ -310,15 +326,24 @@ class WtalcSource:
         return self._features
 
     @property
-    def layout(self) -> FeatureLayout:
-        if self._layout is None:
+    def joint_dim(self) -> int:
+        """Columns of the joint RGB+flow array (read from the first video; even)."""
+        if self._joint_dim is None:
             first = next(iter(self._index))
             dim = self._checked(first, None).shape[1]
             if dim < 2 or dim % 2:
                 raise WtalInputError(f"joint RGB+flow features need an even number of columns, got {dim}",
                                      path=self.feature_path, video=first, fix="re-extract the feature file")
-            self._layout = FeatureLayout.split_evenly(dim, self.snippets_per_second)
-        return self._layout
+            self._joint_dim = dim
+        return self._joint_dim
+
+    def stream_widths(self) -> dict[str, int]:
+        """``rgb`` and ``flow`` (the two halves of the joint array), then the extra streams, with widths."""
+        if self._widths is None:
+            half = self.joint_dim // 2
+            extra = {s: stream.width(self.annotations.videos) for s, stream in self._extra.items()}
+            self._widths = {"rgb": half, "flow": half, **{s: extra[s] for s in ordered_streams(extra)}}
+        return dict(self._widths)
 
     def _checked(self, name: str, dim: int | None) -> np.ndarray:
         if name not in self._index:
@@ -327,6 +352,23 @@ class WtalcSource:
         raw = self._all_features()[self._index[name]]
         return check_features(raw, path=self.feature_path, video=name, dim=dim)
 
-    def features(self, name: str) -> np.ndarray:
-        """``(T, D)`` float32 features of ``name``, checked (finite, ``T >= 1``, ``D == layout.dim``)."""
-        return self._checked(name, self.layout.dim)
+    def features(self, name: str, streams: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{stream: (T, D_stream) float32}`` of video ``name``, checked (finite, same ``T``).
+
+        ``rgb`` and ``flow`` are views of the joint array's two halves (no copy)."""
+        widths = self.stream_widths()
+        missing = unknown_streams(streams, widths, self.feature_path.parent)
+        if missing is not None:
+            raise missing
+        out: dict[str, np.ndarray] = {}
+        if "rgb" in streams or "flow" in streams:
+            joint = self._checked(name, self.joint_dim)
+            half = self.joint_dim // 2
+            halves = {"rgb": joint[:, :half], "flow": joint[:, half:]}
+        for s in streams:
+            out[s] = halves[s] if s in PRIMARY_STREAMS else self._extra[s].load(name, widths[s])
+        check_same_length(name, out, self.feature_path)
+        return out
+
+    def class_text(self) -> np.ndarray | None:
+        return read_class_text(self.feature_path.parent / CLASS_TEXT_FILE, self.annotations.classes)

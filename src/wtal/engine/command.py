@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from wtal.engine.config import load_run_config, resolve_config
+from wtal.engine.allocator import keep_freed_memory
+from wtal.engine.config import RunConfig, load_run_config, resolve_config
 from wtal.engine.distributed import init_distributed, resolve_device, shutdown_distributed
 from wtal.engine.logging import get_logger, setup_logging
 from wtal.errors import WtalInputError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def apply_process_settings(cfg: RunConfig, device: torch.device) -> None:
+    """Process-wide settings a training command applies (the library never does this on its own): torch's
+    intra-op threads (``train.num_threads``; oversubscribed cores make torch much slower) and, on CPU with
+    glibc, heap-only allocations without trimming (``train.keep_freed_memory``)."""
+    import torch
+
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
+    if cfg.train.keep_freed_memory and device.type == "cpu" and keep_freed_memory():
+        get_logger().debug("glibc malloc: heap only, no trimming (train.keep_freed_memory)")
 
 
 def train_command(config: str, data: str, out: str, epochs: int | None = None, seed: int | None = None,
@@ -28,7 +45,7 @@ def train_command(config: str, data: str, out: str, epochs: int | None = None, s
             if requested.to_dict() != cfg.to_dict():
                 log.warning("--resume continues with the run's own config.yaml; the --config/--set/--epochs/"
                             "--seed given now differ from it and are ignored (--data is used)")
-            cfg.data.path = str(data)
+            cfg.data.path = str(Path(data).resolve())
         else:
             if (run_dir / "checkpoints" / "last.pt").is_file():
                 raise WtalInputError("the run folder already holds a training run", path=run_dir,
@@ -36,29 +53,28 @@ def train_command(config: str, data: str, out: str, epochs: int | None = None, s
             cfg = resolve_config(config, overrides=overrides or [], epochs=epochs, seed=seed, data_path=data)
         from wtal.engine.trainer import Trainer
 
+        apply_process_settings(cfg, torch_device)
         Trainer(cfg, run_dir, device=torch_device, dist=ctx).fit(resume=resume)
     finally:
         shutdown_distributed(ctx)
     return 0
 
 
-def predict_command(run: str, out: str, split: str = "test", cas: str | None = None, device: str | None = None
-                    ) -> int:
+def predict_command(run: str, out: str, split: str = "test", cas: str | None = None, device: str | None = None,
+                    data: str | None = None) -> int:
     from wtal.engine.predict import load_run, predict_split
-    from wtal.evaluation.results import write_results
 
     setup_logging(None)
     log = get_logger()
-    loaded = load_run(run, resolve_device(device))
+    loaded = load_run(run, resolve_device(device), data_path=data)
     result = predict_split(loaded, split)
-    write_results(out, result.detections)
-    log.info("%d detections on %d %s videos (%s) -> %s", len(result.detections), len(result.cas), split,
-             loaded.checkpoint.name, out)
+    path = result.write_predictions(out)
+    log.info("predictions of %d %s samples (%s, %s) -> %s", len(loaded.data.split(split)), split,
+             "+".join(loaded.cfg.model.streams), loaded.checkpoint.name, path)
     if cas is not None:
-        from wtal.localize.casfile import write_cas_file
-
-        write_cas_file(cas, result.cas, loaded.data.classes, loaded.data.snippets_per_second, result.scores)
-        log.info("CAS file -> %s", cas)
-    if result.report is not None:
-        log.info("%s detection mAP:\n%s", split, result.report.table())
+        if not hasattr(result, "write_cas"):
+            raise WtalInputError(f"--cas: the {loaded.task.name} task has no class activation sequences",
+                                 fix="drop --cas")
+        log.info("CAS file -> %s", result.write_cas(cas))
+    log.info("%s metrics:\n%s", split, result.report_text())
     return 0

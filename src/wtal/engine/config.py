@@ -1,9 +1,11 @@
 """Run configuration: plain YAML -> nested dict -> small validated dataclasses.
 
-A config file is complete and self-contained (no ``_base_`` inheritance). Sections::
+Sections::
 
-    model:       {name, params: {...}}            # params go to wtal.models.build_model(name, D, C, **params)
-    data:        {path, modality, val_fraction, val_seed, batch_size, eval_batch_size, max_batch_snippets,
+    extends:     other.yaml                       # optional: start from that file, then apply this one
+    task:        detection                        # what the run learns (wtal.tasks): detection | grounding
+    model:       {name, streams: [rgb, flow], params: {...}}   # -> wtal.models.build_model(name, context, **params)
+    data:        {path, val_fraction, val_seed, batch_size, eval_batch_size, max_batch_snippets,
                   cache, train_subset, test_subset}
     optim:       {name, lr, betas, weight_decay, grad_clip,
                   schedule: {type: constant|step, milestones, factors, warmup_epochs}}
@@ -11,10 +13,19 @@ A config file is complete and self-contained (no ``_base_`` inheritance). Sectio
                   num_threads, keep_freed_memory}
     eval:        {tiou: [...]}
     postprocess: {preset, ...}                    # -> LocalizeConfig.from_preset(preset, **rest)
-    pseudo:      null | {name, ...}               # trainer plug-ins (see wtal.engine.plugins)
+    teacher:     null | {run: DIR} | {config: FILE}   # a model trained earlier, or one trained jointly
+    pseudo:      null | {name: gaufuse, ...}      # the GauFuse plug-in (a one-entry shorthand for plugins)
+    plugins:     [{name, ...}, ...]               # trainer plug-ins (see wtal.engine.plugins)
 
 Keys missing from a file take the dataclass defaults below; the *resolved* config (every key filled in,
-after ``--epochs`` and ``--set``) is what a run saves as ``RUN/config.yaml``.
+``extends`` flattened, after ``--epochs`` and ``--set``) is what a run saves as ``RUN/config.yaml``.
+
+Composition (``extends``)
+-------------------------
+``extends: rskp.yaml`` names a base config (a path relative to this file, or a shipped config name); the
+file's own keys are merged into it: mappings key by key, everything else (lists, scalars, null) replaced. A
+base may extend another, up to ``MAX_EXTENDS_DEPTH`` levels, so that a method config states only its
+differences from its base without long inheritance chains.
 
 Epoch-valued keys
 -----------------
@@ -72,7 +83,12 @@ from wtal.errors import WtalInputError
 
 # Sections whose contents are checked by their consumer (the model factory, the localizer, the plug-in
 # factory), so ``--set`` may add keys there that the file does not have.
-OPEN_SECTIONS = ("model.params", "postprocess", "pseudo")
+OPEN_SECTIONS = ("model.params", "postprocess", "pseudo", "plugins")
+EXTENDS_KEY = "extends"
+MAX_EXTENDS_DEPTH = 3
+# keys of earlier wtal versions and what replaced them
+RENAMED_KEYS = {"data.modality": "name the streams the model reads instead: model.streams: [rgb, flow] "
+                                 "(or [rgb], or [flow])"}
 
 
 @dataclass
@@ -154,8 +170,7 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # set by `wtal train --data`
-    modality: str = "both"  # rgb | flow | both
+    path: str | None = None  # set by `wtal train --data` (stored absolute)
     val_fraction: float = 0.1  # training videos held out for model selection
     val_seed: int = 0  # the held-out split depends on this seed only, not on train.seed
     batch_size: int = 10  # videos per optimiser step (gradients are summed over them)
@@ -168,8 +183,6 @@ class DataConfig:
     test_subset: str | None = None
 
     def validate(self) -> None:
-        if self.modality not in ("rgb", "flow", "both"):
-            raise _bad("data.modality", self.modality, "use 'rgb', 'flow' or 'both'")
         if not 0.0 <= self.val_fraction < 1.0:
             raise _bad("data.val_fraction", self.val_fraction, "use a fraction in [0, 1)")
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -209,26 +222,69 @@ class EvalConfig:
 @dataclass
 class ModelConfig:
     name: str = "mil"
+    streams: list[str] = field(default_factory=lambda: ["rgb", "flow"])  # feature streams the model reads
     params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, where: str = "model") -> None:
+        if not self.streams:
+            raise _bad(f"{where}.streams", self.streams, "name at least one feature stream, e.g. [rgb, flow]")
+        if len(set(self.streams)) != len(self.streams):
+            raise _bad(f"{where}.streams", self.streams, "name each stream once")
+
+
+@dataclass
+class TeacherConfig:
+    """A teacher model for plug-ins: one trained earlier (``run``), or one trained jointly with the student
+    (``model``, or ``config``: a config file whose ``model`` section is copied into ``model`` when the run's
+    config is resolved, so the run folder stays self-contained)."""
+
+    run: str | None = None  # run folder of a trained model, loaded frozen (stored absolute)
+    checkpoint: str = "selected"  # with run: selected (the run's own choice) | best | last
+    config: str | None = None  # with model: the file it was read from (informational)
+    model: ModelConfig | None = None  # a model trained jointly with the student
+
+    def validate(self) -> None:
+        if (self.run is None) == (self.model is None and self.config is None):
+            raise _bad("teacher", {"run": self.run, "config": self.config},
+                       "give exactly one of teacher.run (a trained run folder) and teacher.config / "
+                       "teacher.model (a model trained jointly), or set teacher: null")
+        if self.checkpoint not in ("selected", "best", "last"):
+            raise _bad("teacher.checkpoint", self.checkpoint, "use 'selected', 'best' or 'last'")
+        if self.model is not None:
+            self.model.validate("teacher.model")
 
 
 @dataclass
 class RunConfig:
+    task: str = "detection"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     postprocess: dict[str, Any] = field(default_factory=lambda: {"preset": "paper"})
+    teacher: TeacherConfig | None = None
     pseudo: dict[str, Any] | None = None
+    plugins: list[dict[str, Any]] = field(default_factory=list)
 
     def validate(self) -> RunConfig:
+        from wtal.tasks.base import TASK_FACTORIES, is_task_name
+
+        if not is_task_name(self.task):
+            raise _bad("task", self.task, f"use one of {sorted(TASK_FACTORIES)} or a 'module:factory' string")
+        self.model.validate()
         self.optim.validate()
         self.data.validate()
         self.train.validate()
+        if self.teacher is not None:
+            self.teacher.validate()
         if self.data.val_fraction == 0 and self.train.select == "val":
             raise _bad("train.select", "val", "data.val_fraction is 0: hold out videos or use select: last")
         return self
+
+    def plugin_specs(self) -> list[dict[str, Any]]:
+        """Every plug-in of the run: ``pseudo`` (when set) first, then ``plugins``."""
+        return ([self.pseudo] if self.pseudo else []) + list(self.plugins)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -258,7 +314,10 @@ def _build(cls: type, raw: Any, where: str, source) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise WtalInputError(f"unknown config key {_join(where, unknown[0])!r}", path=source,
+        key = _join(where, unknown[0])
+        if key in RENAMED_KEYS:
+            raise WtalInputError(f"config key {key!r} was replaced", path=source, fix=RENAMED_KEYS[key])
+        raise WtalInputError(f"unknown config key {key!r}", path=source,
                              fix=f"valid keys of {where or 'the config'}: {sorted(known)}")
     kwargs = {}
     for name in known & set(raw):
@@ -342,6 +401,47 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def load_config_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict with its ``extends`` chain merged in (the file's own keys win)."""
+    path = Path(path)
+    raw = load_yaml(path)
+    base_name = raw.pop(EXTENDS_KEY, None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise WtalInputError(f"extends must name one config file, got {base_name!r}", path=path,
+                             fix="write e.g. extends: rskp.yaml")
+    chain = (*_chain, path.resolve())
+    if len(chain) > MAX_EXTENDS_DEPTH:
+        raise WtalInputError(f"config extends more than {MAX_EXTENDS_DEPTH} levels deep: "
+                             + " -> ".join(str(p) for p in chain), path=path,
+                             fix="extend a complete config directly instead of a chain of partial ones")
+    base = _find_base(path, base_name)
+    if base.resolve() in chain:
+        raise WtalInputError(f"config extends itself in a cycle: {' -> '.join(str(p) for p in (*chain, base))}",
+                             path=path, fix="remove the cycle from the extends keys")
+    return merge_trees(load_config_tree(base, chain), raw)
+
+
+def _find_base(path: Path, name: str) -> Path:
+    candidate = path.parent / name
+    if candidate.is_file():
+        return candidate
+    raise WtalInputError(f"extends: base config {name!r} not found (looked for {candidate})", path=path,
+                         fix="give the base config's path relative to this file")
+
+
+def merge_trees(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in: mappings key by key, anything else replaced (a copy)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_trees(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b=c"`` -> ``(["a", "b"], yaml-parsed c)``."""
     if "=" not in text:
@@ -367,8 +467,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Apply ``--set a.b=c`` overrides to a fully resolved config dict (a copy is returned).
 
-    Every key must already exist, except inside the open sections ``model.params``, ``postprocess`` and
-    ``pseudo`` whose consumers validate them; an unknown key is an error that lists the valid ones.
+    Every key must already exist, except inside the open sections ``model.params``, ``postprocess``,
+    ``pseudo`` and ``plugins`` whose consumers validate them; an unknown key is an error that lists the
+    valid ones. A null ``teacher`` section is filled with its defaults when one of its keys is set; list
+    items are addressed by index (``plugins.0.name``).
     """
     tree = copy.deepcopy(tree)
     for text in overrides:
@@ -378,8 +480,16 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]
             prefix = ".".join(parts[:depth])
             last = depth == len(parts) - 1
             open_here = any(prefix == s or prefix.startswith(s + ".") for s in OPEN_SECTIONS)
-            if node is None and open_here:  # e.g. pseudo: null -> pseudo.name=...
+            if node is None and prefix in NULLABLE_SECTIONS:
+                node = _set_path(tree, parts[:depth], dataclasses.asdict(NULLABLE_SECTIONS[prefix]()))
+            elif node is None and open_here:  # e.g. pseudo: null -> pseudo.name=...
                 node = _set_path(tree, parts[:depth], {})
+            if isinstance(node, list):
+                node = _list_item(node, part, text, prefix)
+                if last:
+                    raise WtalInputError(f"--set {text}: replace a whole list item through its keys",
+                                         fix=f"set {prefix}.{part}.KEY=VALUE")
+                continue
             if not isinstance(node, dict):
                 raise WtalInputError(f"--set {text}: {prefix!r} is not a section", fix=f"set {prefix} itself")
             if part not in node and not open_here:
@@ -392,12 +502,23 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return tree
 
 
+def _list_item(items: list[Any], part: str, text: str, prefix: str) -> Any:
+    if not part.isdigit() or int(part) >= len(items):
+        raise WtalInputError(f"--set {text}: {prefix!r} is a list of {len(items)} item(s), {part!r} is not "
+                             "one of its indices", fix=f"address an item as {prefix}.0, {prefix}.1, ...")
+    return items[int(part)]
+
+
 def _set_path(tree: dict[str, Any], parts: list[str], value: Any) -> Any:
     node = tree
     for p in parts[:-1]:
-        node = node[p]
-    node[parts[-1]] = value
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    node[int(parts[-1]) if isinstance(node, list) else parts[-1]] = value
     return value
+
+
+# Optional sections that `--set` may create (filled with their defaults).
+NULLABLE_SECTIONS = {"teacher": TeacherConfig}
 
 
 def is_epoch_key(key: str) -> bool:
@@ -463,8 +584,10 @@ def rescale_epochs(tree: dict[str, Any], epochs: int) -> dict[str, Any]:
 def resolve_config(path: str | Path, *, overrides: list[str] | tuple[str, ...] = (),
                    epochs: int | None = None, seed: int | None = None,
                    data_path: str | Path | None = None) -> RunConfig:
-    """Load a YAML config, fill the defaults, rescale to ``epochs``, apply ``--set`` and the seed."""
-    tree = from_dict(load_yaml(path), source=path).to_dict()
+    """Load a YAML config (with its ``extends`` chain), fill the defaults, rescale to ``epochs``, apply
+    ``--set`` and the seed; paths to data and teacher runs become absolute, a teacher config file is read
+    into ``teacher.model``."""
+    tree = from_dict(load_config_tree(path), source=path).to_dict()
     if epochs is not None:
         tree = rescale_epochs(tree, epochs)
     tree = apply_overrides(tree, overrides)
@@ -472,7 +595,24 @@ def resolve_config(path: str | Path, *, overrides: list[str] | tuple[str, ...] =
         tree["train"]["seed"] = int(seed)
     if data_path is not None:
         tree["data"]["path"] = str(data_path)
-    return from_dict(tree, source=path)
+    cfg = from_dict(tree, source=path)
+    if cfg.data.path is not None:
+        cfg.data.path = str(Path(cfg.data.path).resolve())
+    if cfg.teacher is not None:
+        _resolve_teacher(cfg.teacher, Path(path))
+    return cfg.validate()
+
+
+def _resolve_teacher(teacher: TeacherConfig, config_path: Path) -> None:
+    if teacher.run is not None:
+        teacher.run = str(Path(teacher.run).resolve())
+    if teacher.config is not None and teacher.model is None:
+        file = Path(teacher.config)
+        if not file.is_file() and (config_path.parent / file).is_file():
+            file = config_path.parent / file
+        teacher.config = str(file.resolve())
+        section = from_dict(load_config_tree(file), source=file).model
+        teacher.model = section
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -79,14 +79,14 @@ class MetricsLog:
             else:
                 self._tb = SummaryWriter(str(tensorboard_dir))
 
-    def resume(self, before_epoch: int) -> None:
-        """Keep the existing records of epochs < ``before_epoch``."""
+    def resume(self, finished_epochs: int) -> None:
+        """Keep the existing records of the first ``finished_epochs`` epochs (records count epochs from 1)."""
         if not self.path.is_file():
             return
         for line in self.path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 rec = json.loads(line)
-                if rec.get("epoch", -1) < before_epoch:
+                if rec.get("epoch", finished_epochs + 1) <= finished_epochs:
                     self.records.append(rec)
 
     def write(self, record: dict[str, Any]) -> None:

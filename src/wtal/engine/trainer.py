@@ -37,17 +37,19 @@ from typing import Any
 import torch
 
 from wtal.atomic import write_json_atomic, write_text_atomic
-from wtal.data.batch import Batch, collate_videos
-from wtal.engine.allocator import keep_freed_memory
+from wtal.data.batch import Batch
+from wtal.data.batching import default_max_snippets, iterate_batches, plan_micro_batches
+from wtal.data.rundata import RunData
 from wtal.engine.checkpoint import load_checkpoint, save_checkpoint
 from wtal.engine.config import OptimConfig, RunConfig
 from wtal.engine.distributed import DistContext, resolve_device
-from wtal.engine.evaluate import SplitResult, evaluate_split
 from wtal.engine.logging import MetricsLog, get_logger, progress
 from wtal.engine.plugins import PluginContext, TrainerPlugin, build_plugins
-from wtal.engine.rundata import RunData, default_max_snippets, iterate_batches, plan_micro_batches, prepare_data
+from wtal.engine.runs import build_section_model, data_fingerprint, load_weights, write_fingerprint
 from wtal.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
+from wtal.engine.teacher import Teacher, build_teacher, teacher_streams
 from wtal.errors import WtalInputError
+from wtal.tasks.base import Task, TaskResult, build_task
 
 
 @dataclass
@@ -73,18 +75,13 @@ def learning_rate(optim: OptimConfig, epoch: int, global_step: int, steps_per_ep
     return lr
 
 
-def build_model(cfg: RunConfig, input_dim: int, num_classes: int) -> torch.nn.Module:
-    from wtal.models.factory import build_model as factory
-
-    try:
-        return factory(cfg.model.name, input_dim, num_classes, **cfg.model.params)
-    except TypeError as exc:  # a parameter the model does not take
-        raise WtalInputError(f"model {cfg.model.name!r}: {exc}",
-                             fix="check model.params against the model's hyper-parameters") from exc
+def run_streams(cfg: RunConfig) -> list[str]:
+    """The streams a run loads for training: the model's, then the teacher's others."""
+    return list(dict.fromkeys([*cfg.model.streams, *teacher_streams(cfg)]))
 
 
-def make_optimizer(optim: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(optim: OptimConfig, *models: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for model in models for p in model.parameters() if p.requires_grad]
     cls = torch.optim.Adam if optim.name == "adam" else torch.optim.AdamW
     return cls(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
 
@@ -101,32 +98,45 @@ class Trainer:
         self.device = torch.device(device) if device is not None else resolve_device(None)
         self.writes = self.run_dir is not None and self.dist.is_main
         self.log = get_logger()
-        if cfg.train.num_threads is not None:  # process-wide: oversubscribed cores make torch much slower
-            torch.set_num_threads(cfg.train.num_threads)
-        if cfg.train.keep_freed_memory and self.device.type == "cpu" and keep_freed_memory():
-            self.log.debug("glibc malloc: heap only, no trimming (train.keep_freed_memory)")
         seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
-        self.data = data if data is not None else prepare_data(cfg)
-        self.model = build_model(cfg, self.data.input_dim, len(self.data.classes)).to(self.device)
-        self.optimizer = make_optimizer(cfg.optim, self.model)
+        self.task: Task = build_task(cfg.task)
+        self.data = data if data is not None else self.task.prepare_data(cfg, run_streams(cfg))
+        self.model = build_section_model(cfg.model, self.task, self.data).to(self.device)
+        self.teacher: Teacher | None = build_teacher(cfg, self.task, self.data, self.device)
+        joint = [self.teacher.model] if self.teacher is not None and self.teacher.joint else []
+        self.optimizer = make_optimizer(cfg.optim, self.model, *joint)
         self.loader_generator = torch.Generator()
         self.loader_generator.manual_seed(cfg.train.seed)
         self.state = TrainState()
         self.steps_per_epoch = len(self.data.train) / cfg.data.batch_size
-        width_factor = cfg.optim.width_scaling.factor(self.data.input_dim)
+        self.input_dim = sum(self.data.streams[s] for s in cfg.model.streams)
+        width_factor = cfg.optim.width_scaling.factor(self.input_dim)
         if width_factor != 1.0:
             self.log.info("learning rate %.3g x %.3g (optim.width_scaling: %d-d features, tuned on %d-d) = %.3g",
-                          cfg.optim.lr, width_factor, self.data.input_dim, cfg.optim.width_scaling.reference_dim,
+                          cfg.optim.lr, width_factor, self.input_dim, cfg.optim.width_scaling.reference_dim,
                           cfg.optim.lr * width_factor)
-        self.max_batch_snippets = cfg.data.max_batch_snippets or default_max_snippets(self.data.input_dim,
+        if self.teacher is not None:
+            self.log.info("teacher: %s", self.teacher.description)
+        self.max_batch_snippets = cfg.data.max_batch_snippets or default_max_snippets(self.data.train.input_width,
                                                                                       self.device)
         context = PluginContext(self.data.classes, self.data.snippets_per_second, len(self.data.train),
-                                cfg.train.epochs, self.device, dict(cfg.postprocess), cfg.to_dict())
-        self.plugins = plugins if plugins is not None else build_plugins(cfg.pseudo, context)
+                                cfg.train.epochs, self.device, dict(cfg.postprocess), cfg.to_dict(),
+                                streams=dict(self.data.streams), teacher=self.teacher,
+                                build_model=lambda section: build_section_model(section, self.task, self.data))
+        self.plugins = plugins if plugins is not None else build_plugins(cfg.plugin_specs(), context)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl" if self.run_dir else Path("metrics.jsonl"),
                                   enabled=self.writes,
                                   tensorboard_dir=(self.run_dir / "tensorboard")
                                   if self.run_dir and cfg.train.tensorboard else None)
+
+    @property
+    def joint_teacher(self) -> torch.nn.Module | None:
+        """The teacher model when it trains with the student."""
+        return self.teacher.model if self.teacher is not None and self.teacher.joint else None
+
+    @property
+    def trained_models(self) -> list[torch.nn.Module]:
+        return [self.model] + ([self.joint_teacher] if self.joint_teacher is not None else [])
 
     # ------------------------------------------------------------------------------------------ paths
 
@@ -163,36 +173,41 @@ class Trainer:
         if resume:
             self.load(self.checkpoint_dir / "last.pt")
             self.metrics.resume(self.state.epoch)
-            self.log.info("resumed from %s at epoch %d (step %d)", self.checkpoint_dir / "last.pt",
-                          self.state.epoch, self.state.global_step)
+            self.log.info("resumed from %s after epoch %d of %d (step %d)", self.checkpoint_dir / "last.pt",
+                          self.state.epoch, cfg.train.epochs, self.state.global_step)
         elif self.writes:
             write_text_atomic(self.run_dir / "config.yaml", cfg.to_yaml())
+        if self.writes:
+            write_fingerprint(self.run_dir, data_fingerprint(self.task.name, self.data, cfg.model.streams))
         if cfg.train.select == "test":
             self.log.warning("train.select is 'test': the model is selected on the TEST split, so the "
-                             "reported test mAP is optimistic (the reference repositories' protocol, "
+                             "reported test metric is optimistic (the reference repositories' protocol, "
                              "not held-out)")
-        self.log.info("training %s on %d videos (%d validation, %d test), %d epochs, %s, device %s%s",
-                      cfg.model.name, len(self.data.train), len(self.data.val) if self.data.val else 0,
-                      len(self.data.test), cfg.train.epochs, f"{self.steps_per_epoch:g} steps/epoch",
-                      self.device,
+        self.log.info("training %s (%s) on %d samples (%d validation, %d test), %d epochs, %s, device %s%s",
+                      cfg.model.name, "+".join(cfg.model.streams), len(self.data.train),
+                      len(self.data.val) if self.data.val else 0, len(self.data.test), cfg.train.epochs,
+                      f"{self.steps_per_epoch:g} steps/epoch", self.device,
                       f", {self.dist.world_size} processes" if self.dist.enabled else "")
         for epoch in range(self.state.epoch, cfg.train.epochs):
             record = self.train_epoch(epoch)
-            self.model.on_epoch_end(epoch, self.train_batches)
-            improved = False
+            for model in self.trained_models:
+                model.on_epoch_end(epoch, self.train_batches)
+            improved, headlines = False, {}
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-                evaluation, improved = self.evaluate_epoch(epoch)
+                evaluation, improved, headlines = self.evaluate_epoch(epoch)
                 record.update(evaluation)
             self.state.epoch = epoch + 1
             if self.writes:
                 self.metrics.write(record)
-            self.log.info(_epoch_line(record))
+            self.log.info(_epoch_line(record, cfg.train.epochs, headlines))
             self.save("last.pt", also_best=improved)
         return self.finish()
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train epoch index ``epoch`` (0-based); the record counts it as epoch ``epoch + 1``."""
         cfg = self.cfg
-        self.model.train()
+        for model in self.trained_models:
+            model.train()
         for plugin in self.plugins:
             plugin.on_epoch_start(epoch, self.model, self.train_batches)
         sums: dict[str, float] = defaultdict(float)
@@ -215,47 +230,69 @@ class Trainer:
         if self.state.pending and self.dist.enabled:
             self._settle_carried_gradient()
         elapsed = time.perf_counter() - t0
-        totals = torch.tensor([videos, snippets, *sums.values()], dtype=torch.float64)
-        keys = list(sums)
-        self.dist.all_reduce_sum_([totals])
-        n_videos = max(float(totals[0]), 1.0)
-        record: dict[str, Any] = {"epoch": epoch, "step": self.state.global_step,
-                                  "lr": learning_rate(cfg.optim, epoch, max(self.state.global_step - 1, 0),
-                                                      self.steps_per_epoch, self.data.input_dim),
-                                  "loss": {k: float(v) / n_videos
-                                           for k, v in zip(keys, totals[2:], strict=True)},
-                                  "train_seconds": elapsed,
-                                  "train_snippets_per_s": float(totals[1]) / elapsed}
-        return record
+        videos, snippets, sums = self._sum_over_ranks(videos, snippets, sums)
+        n_videos = max(float(videos), 1.0)
+        return {"epoch": epoch + 1, "step": self.state.global_step,
+                "lr": learning_rate(cfg.optim, epoch, max(self.state.global_step - 1, 0), self.steps_per_epoch,
+                                    self.input_dim),
+                "loss": {k: v / n_videos for k, v in sums.items()},
+                "train_seconds": elapsed,
+                "train_snippets_per_s": float(snippets) / elapsed}
+
+    def _sum_over_ranks(self, videos: int, snippets: int, sums: dict[str, float]
+                        ) -> tuple[float, float, dict[str, float]]:
+        """Epoch totals over all ranks. A rank may have seen no sample (an uneven last shard, or batches of
+        one sample over several ranks), so it may lack loss keys: the keys travel with the values."""
+        if not self.dist.enabled:
+            return float(videos), float(snippets), dict(sums)
+        merged: dict[str, float] = defaultdict(float)
+        total_videos = total_snippets = 0.0
+        for rank_videos, rank_snippets, rank_sums in self.dist.all_gather_object((videos, snippets, dict(sums))):
+            total_videos += rank_videos
+            total_snippets += rank_snippets
+            for key, value in rank_sums.items():
+                merged[key] += value
+        return total_videos, total_snippets, dict(merged)
 
     def micro_batches(self, videos: list[int]) -> Iterator[Batch]:
-        """The training videos ``videos`` as length-sorted padded batches of at most
-        ``max_batch_snippets`` padded snippets (a longer video alone), on the device."""
-        items = [self.data.train[i] for i in videos]
-        for group in plan_micro_batches([it[0].shape[0] for it in items], self.max_batch_snippets):
-            yield collate_videos([items[k] for k in group]).to(self.device)
+        """The training samples ``videos`` as length-sorted padded batches of at most
+        ``max_batch_snippets`` padded snippets (a longer sample alone), on the device."""
+        train = self.data.train
+        items = [train[i] for i in videos]
+        for group in plan_micro_batches([it.length for it in items], self.max_batch_snippets):
+            yield train.collate([items[k] for k in group]).to(self.device)
 
     def batch_losses(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
-        """Per-video ``(B,)`` losses of the model plus plug-ins; ``total`` includes the plug-in terms."""
-        out = self.model(batch.features, batch.mask)
-        losses = dict(self.model.losses(out, batch.labels, batch.mask, epoch))
+        """Per-sample ``(B,)`` losses of the model, a jointly trained teacher and the plug-ins; ``total``
+        includes them all."""
+        out = self.model(batch)
+        losses = dict(self.model.losses(out, batch, epoch))
         total = losses["total"]
+        teacher_out = None
+        if self.joint_teacher is not None:
+            teacher_out = self.joint_teacher(batch)
+            teacher_losses = self.joint_teacher.losses(teacher_out, batch, epoch)
+            losses.update({f"teacher/{k}": v for k, v in teacher_losses.items()})
+            total = total + teacher_losses["total"]
         for i, plugin in enumerate(self.plugins):
-            extra = plugin.loss(self.model, out, batch, epoch)
+            extra = plugin.loss(self.model, out, batch, epoch, teacher_out=teacher_out)
             if extra is not None:
                 losses[f"plugin/{getattr(plugin, 'name', type(plugin).__name__)}{i}"] = extra
                 total = total + extra
         if not bool(torch.isfinite(total).all()):
             bad = [n for n, ok in zip(batch.names, torch.isfinite(total).tolist(), strict=True) if not ok]
-            raise WtalInputError(f"non-finite training loss at epoch {epoch}", video=bad[0],
+            raise WtalInputError(f"non-finite training loss in epoch {epoch + 1}", video=bad[0],
                                  fix="lower optim.lr, set optim.grad_clip, or check this video's features")
         losses["total"] = total
         return losses
 
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for model in self.trained_models for p in model.parameters() if p.requires_grad]
+
     def step(self, epoch: int) -> None:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.trainable_parameters()
         self._reduce_gradients(params)
-        lr = learning_rate(self.cfg.optim, epoch, self.state.global_step, self.steps_per_epoch, self.data.input_dim)
+        lr = learning_rate(self.cfg.optim, epoch, self.state.global_step, self.steps_per_epoch, self.input_dim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.cfg.optim.grad_clip is not None:
@@ -284,7 +321,7 @@ class Trainer:
     def _settle_carried_gradient(self) -> None:
         """At an epoch end inside an optimiser step: rank 0 holds the summed gradient, the others zero, so the
         next step's reduction still sums every video once (and rank 0's checkpoint holds the whole carry)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.trainable_parameters()
         self._reduce_gradients(params)
         if not self.dist.is_main:
             for p in params:
@@ -293,39 +330,40 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ evaluation
 
-    def evaluate(self, split: str) -> SplitResult:
+    def evaluate(self, split: str) -> TaskResult:
         """Evaluate the current model on ``split`` without touching any RNG stream."""
         rng = capture_rng_state(self.loader_generator)
         try:
-            return evaluate_split(self.model, self.data.split(split), postprocess=self.cfg.postprocess,
-                                  tiou=self.cfg.eval.tiou, device=self.device,
-                                  batch_size=self.cfg.data.eval_batch_size,
-                                  snippets_per_second=self.data.snippets_per_second,
-                                  max_snippets=self.cfg.data.max_batch_snippets)
+            return self.task.evaluate(self.model, self.data.split(split), self.cfg, self.device)
         finally:
             restore_rng_state(rng, self.loader_generator)
 
-    def evaluate_epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
-        """Validation (and, with ``select: test``, test) metrics on rank 0; whether the selection improved."""
+    def evaluate_epoch(self, epoch: int) -> tuple[dict[str, Any], bool, dict[str, str]]:
+        """Validation (and, with ``select: test``, test) metrics on rank 0; whether the selection improved;
+        each split's headline for the log."""
         if not self.dist.is_main:
-            return {}, False
+            return {}, False, {}
         record: dict[str, Any] = {}
+        results: dict[str, TaskResult] = {}
         t0 = time.perf_counter()
         if self.data.val is not None:
-            record["val"] = self.evaluate("val").summary()
+            results["val"] = self.evaluate("val")
         if self.cfg.train.select == "test":
-            record["test"] = self.evaluate("test").summary()
+            results["test"] = self.evaluate("test")
+        record.update({split: result.summary() for split, result in results.items()})
         record["eval_seconds"] = time.perf_counter() - t0
+        headlines = {split: result.headline() for split, result in results.items()}
         select = self.cfg.train.select
         if select == "last":
-            return record, False
-        metric = _selection_metric(record[select])
+            return record, False, headlines
+        metric = results[select].selection_metric
         improved = metric is not None and (self.state.best_metric is None or metric > self.state.best_metric)
         if improved:
             self.state.best_metric, self.state.best_epoch = metric, epoch
+        best_epoch = None if self.state.best_epoch is None else self.state.best_epoch + 1
         record["selection"] = {"by": select, "metric": metric, "best": self.state.best_metric,
-                               "best_epoch": self.state.best_epoch}
-        return record, improved
+                               "best_epoch": best_epoch}
+        return record, improved, headlines
 
     def finish(self) -> dict[str, Any] | None:
         """Evaluate the selected model on the test split (rank 0); write predictions and ``report.json``."""
@@ -336,20 +374,17 @@ class Trainer:
                     and (self.checkpoint_dir / "best.pt").is_file():
                 self.model.load_state_dict(load_checkpoint(self.checkpoint_dir / "best.pt")["model"])
                 selected = "best"
-            epoch = self.state.best_epoch if selected == "best" else self.state.epoch - 1
+            epoch = (self.state.best_epoch if selected == "best" else self.state.epoch - 1) + 1
             test = self.evaluate("test")
             val = self.evaluate("val") if self.data.val is not None else None
-            report = {"model": self.cfg.model.name, "selection": self.cfg.train.select,
-                      "checkpoint": selected, "epoch": epoch, "epochs": self.cfg.train.epochs, "test": test.summary(),
+            report = {"task": self.task.name, "model": self.cfg.model.name, "streams": list(self.cfg.model.streams),
+                      "selection": self.cfg.train.select, "checkpoint": selected, "epoch": epoch,
+                      "epochs": self.cfg.train.epochs, "test": test.summary(),
                       "val": val.summary() if val is not None else None}
-            if test.report is not None:
-                self.log.info("test detection mAP (%s checkpoint, epoch %s, selected by %s):\n%s", selected,
-                              epoch, self.cfg.train.select, test.report.table())
-            self.log.info("test classification mAP: %s", _fmt(test.classification_map))
+            self.log.info("test metrics (%s checkpoint, epoch %d of %d, selected by %s):\n%s", selected, epoch,
+                          self.cfg.train.epochs, self.cfg.train.select, test.report_text())
             if self.writes:
-                from wtal.evaluation.results import write_results
-
-                write_results(self.run_dir / "predictions" / "test.json", test.detections)
+                test.write_predictions(self.run_dir / "predictions" / "test.json")
                 write_json_atomic(self.run_dir / "report.json", report, indent=2)
         self.dist.barrier()
         self.metrics.close()
@@ -362,11 +397,13 @@ class Trainer:
         rng = self.dist.all_gather_object(capture_rng_state(self.loader_generator))
         grads = {}
         if self.state.pending:
-            grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters()
-                     if p.grad is not None}
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "grads": grads,
-                "state": asdict(self.state), "rng": rng, "plugins": [p.state_dict() for p in self.plugins],
-                "world_size": self.dist.world_size, "config": self.cfg.to_dict()}
+            grads = {n: p.grad.detach().clone() for n, p in self.named_parameters() if p.grad is not None}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "grads": grads,
+                 "state": asdict(self.state), "rng": rng, "plugins": [p.state_dict() for p in self.plugins],
+                 "world_size": self.dist.world_size, "config": self.cfg.to_dict()}
+        if self.joint_teacher is not None:
+            state["teacher"] = self.joint_teacher.state_dict()
+        return state
 
     def save(self, name: str, also_best: bool = False) -> None:
         if self.run_dir is None:
@@ -378,13 +415,26 @@ class Trainer:
                 save_checkpoint(self.checkpoint_dir / "best.pt", state)
         self.dist.barrier()
 
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """The trained parameters by checkpoint name (a joint teacher's prefixed ``teacher.``)."""
+        yield from self.model.named_parameters()
+        if self.joint_teacher is not None:
+            for name, p in self.joint_teacher.named_parameters():
+                yield f"teacher.{name}", p
+
     def load(self, path: str | Path) -> None:
+        path = Path(path)
         ckpt = load_checkpoint(path)
-        self.model.load_state_dict(ckpt["model"])
+        load_weights(self.model, ckpt["model"], checkpoint=path, run=self.run_dir)
+        if self.joint_teacher is not None:
+            if "teacher" not in ckpt:
+                raise WtalInputError("the checkpoint has no jointly trained teacher", path=path,
+                                     fix="resume with the run's own config")
+            load_weights(self.joint_teacher, ckpt["teacher"], checkpoint=path, run=self.run_dir)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.optimizer.zero_grad(set_to_none=True)
         if self.dist.is_main:
-            for name, p in self.model.named_parameters():
+            for name, p in self.named_parameters():
                 if name in ckpt["grads"]:
                     p.grad = ckpt["grads"][name].to(p.device)
         self.state = TrainState(**ckpt["state"])
@@ -400,23 +450,9 @@ class Trainer:
             plugin.load_state_dict(plugin_state)
 
 
-def _selection_metric(summary: dict[str, Any]) -> float | None:
-    """Average detection mAP over the configured tIoUs; classification mAP when there is no ground truth."""
-    if summary.get("average") is not None:
-        return float(summary["average"])
-    return summary.get("classification_map")
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-def _epoch_line(record: dict[str, Any]) -> str:
-    parts = [f"epoch {record['epoch'] + 1}", f"lr {record['lr']:.3g}"]
+def _epoch_line(record: dict[str, Any], epochs: int, headlines: dict[str, str]) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.3g}"]
     parts += [f"{k} {v:.4f}" for k, v in record["loss"].items()]
     parts.append(f"{record['train_snippets_per_s']:.0f} snippets/s")
-    for split in ("val", "test"):
-        if split in record:
-            parts.append(f"{split} mAP {_fmt(record[split].get('average'))} "
-                         f"cmAP {_fmt(record[split].get('classification_map'))}")
+    parts += [f"{split} {headline}" for split, headline in headlines.items()]
     return " | ".join(parts)

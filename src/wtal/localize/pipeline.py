@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -128,6 +129,12 @@ class LocalizeConfig:
             grid = np.asarray(base["thresholds"], dtype=np.float64).ravel()
             base["thresholds"] = tuple(float(x) for x in grid)
         return cls(**base)
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> LocalizeConfig:
+        """The config of a run's ``postprocess`` section: ``{preset, **overrides}``."""
+        params = dict(section)
+        return cls.from_preset(params.pop("preset", "paper"), **params)
 
     def outer_margin(self):
         if self.margin == "linear":

@@ -1,8 +1,6 @@
 """wtal.models: the base models behind one protocol (:mod:`wtal.models.base`) and a factory by name."""
 
-from wtal.models.base import ModelOutput, WtalModel
-from wtal.models.factory import MODEL_NAMES, build_model, model_class, postprocess_defaults
-from wtal.models.recipes import PostprocessDefaults
+from wtal.models.base import ModelContext, ModelOutput, StreamModel, WtalModel
+from wtal.models.factory import MODEL_NAMES, build_model, model_class
 
-__all__ = ["MODEL_NAMES", "ModelOutput", "PostprocessDefaults", "WtalModel", "build_model", "model_class",
-           "postprocess_defaults"]
+__all__ = ["MODEL_NAMES", "ModelContext", "ModelOutput", "StreamModel", "WtalModel", "build_model", "model_class"]

@@ -14,14 +14,13 @@ reference width).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from wtal.data.batch import Batch
-from wtal.models.base import ModelOutput
+from wtal.models.base import ModelContext, ModelOutput, StreamModel
 from wtal.models.losses import softmax_binary_cross_entropy, with_background
 from wtal.models.masked import (
     masked_conv1d,
@@ -31,7 +30,7 @@ from wtal.models.masked import (
     masked_topk_mean,
     topk_count,
 )
-from wtal.models.recipes import PostprocessDefaults, arange_grid, parse_hyperparameters
+from wtal.models.recipes import parse_hyperparameters
 
 
 @dataclass(frozen=True)
@@ -60,19 +59,20 @@ class CASModule(nn.Module):
         return masked_conv1d(self.classifier, self.dropout(h), mask)
 
 
-class BaSNet(nn.Module):
-    """``BaSNet(input_dim, num_classes, **BaSNetHyperparameters fields)``."""
+class BaSNet(StreamModel):
+    """``BaSNet(context, **BaSNetHyperparameters fields)``."""
 
-    def __init__(self, input_dim: int, num_classes: int, **hyperparameters):
-        super().__init__()
+    def __init__(self, context: ModelContext, **hyperparameters):
+        super().__init__(context)
+        input_dim, num_classes = context.input_dim, context.num_classes
         self.hp = parse_hyperparameters(BaSNetHyperparameters, "basnet", hyperparameters)
-        self.num_classes = num_classes
         self.filter = nn.Sequential(nn.Linear(input_dim, self.hp.filter_hidden), nn.LeakyReLU(),
                                     nn.Linear(self.hp.filter_hidden, 1))
         self.cas_module = CASModule(input_dim, self.hp.hidden_dim or input_dim, num_classes + 1,
                                     self.hp.dropout, nn.LeakyReLU())
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
+    def forward(self, batch: Batch) -> ModelOutput:
+        features, mask = self.joint_input(batch), batch.mask
         fore = masked_fill_zero(torch.sigmoid(self.filter(features).squeeze(-1)), mask)  # (B, T)
         cas_base = self.cas_module(features, mask)
         cas_supp = self.cas_module(fore.unsqueeze(-1) * features, mask)
@@ -84,8 +84,8 @@ class BaSNet(nn.Module):
                            cas_logits=cas_supp, attention=fore,
                            extras={"cas_base": cas_base, "logits_base": logits_base, "logits_supp": logits_supp})
 
-    def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
-               ) -> dict[str, torch.Tensor]:
+    def losses(self, out: ModelOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        labels, mask = batch.labels, batch.mask
         y_base, y_supp = with_background(labels, 1.0), with_background(labels, 0.0)
         y_base = y_base / y_base.sum(dim=1, keepdim=True)
         y_supp = y_supp / y_supp.sum(dim=1, keepdim=True).clamp(min=1e-8)
@@ -103,14 +103,3 @@ class BaSNet(nn.Module):
 
     def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
         return [(1.0, out.cas_logits)]
-
-    def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
-        return None
-
-    @staticmethod
-    def postprocess_defaults() -> PostprocessDefaults:
-        """Reference: class threshold 0.25 (bonus uses the binarised score), x24 upsampling, thresholds
-        0:0.025:0.225, OIC with 0.25 margins and gamma 0.2, NMS IoU 0.7."""
-        return PostprocessDefaults(class_threshold=0.25, cas_thresholds=arange_grid(0.0, 0.25, 0.025),
-                                   min_length=1, margin_scale=0.25, score_bonus=0.2, binarize_video_score=True,
-                                   suppression="nms", overlap_kind="iou", overlap_threshold=0.7, upsample=24)

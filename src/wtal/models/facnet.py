@@ -10,9 +10,9 @@ time (the video's real snippets) of ``tau * S`` (class-wise) and ``tau * s cos(x
 Scores are averaged over tau and multiplied by 2 (and by ``s`` for the two cosine branches).
 Loss: ``1.0 NCE_cw + 0.1 NCE_ca + 0.1 NCE_mil``.
 
-The reference trains one model per modality on 1024-d inputs. With ``two_stream=True`` (default) the input
-is split at ``input_dim // 2`` into two independent streams with a summed loss (identical to separate
-training; the reference picks each stream's epoch separately, which one model cannot). The reference fuses
+The reference trains one model per modality on 1024-d inputs. With ``per_stream=True`` (default) each input
+stream (RGB, flow) gets its own independent branch with a summed loss (identical to separate training; the
+reference picks each stream's epoch separately, which one model cannot). The reference fuses
 the streams at the proposal level (RGB scores x0.1, then NMS 0.9); here the CAS ``softmax(S)`` and the
 video scores (class-agnostic ``p_ca``) of the streams are averaged with ``test_stream_weights``. The L2
 normalisation gets eps 1e-9 (the reference has none, which gives NaN on all-zero embeddings).
@@ -20,22 +20,22 @@ normalisation gets eps 1e-9 (the reference has none, which gives NaN on all-zero
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from wtal.data.batch import Batch
-from wtal.models.base import ModelOutput
+from wtal.errors import WtalInputError
+from wtal.models.base import ModelContext, ModelOutput, StreamModel, branch_features, branch_inputs
 from wtal.models.losses import normalized_cross_entropy, with_background
 from wtal.models.masked import l2_normalize, masked_fill_zero, masked_softmax
-from wtal.models.recipes import PostprocessDefaults, arange_grid, parse_hyperparameters
+from wtal.models.recipes import parse_hyperparameters
 
 
 @dataclass(frozen=True)
 class FACNetHyperparameters:
-    two_stream: bool = True
+    per_stream: bool = True  # one branch per input stream (the reference trains one model per modality)
     embed_dim: int | None = None  # None -> the stream's input width (1024 per stream on I3D)
     dropout: float = 0.5
     scale: float = 5.0
@@ -43,7 +43,7 @@ class FACNetHyperparameters:
     cw_weight: float = 1.0
     ca_weight: float = 0.1
     mil_weight: float = 0.1
-    test_stream_weights: tuple[float, float] = (0.5, 0.5)  # RGB, flow
+    test_stream_weights: tuple[float, ...] = (0.5, 0.5)  # one per stream branch (RGB, flow)
 
 
 class FACNetStream(nn.Module):
@@ -84,26 +84,31 @@ class FACNetStream(nn.Module):
                 "mil_logits": 2.0 * torch.stack(mil).mean(0), "logits": logits}
 
 
-class FACNet(nn.Module):
-    """``FACNet(input_dim, num_classes, **FACNetHyperparameters fields)``."""
+class FACNet(StreamModel):
+    """``FACNet(context, **FACNetHyperparameters fields)``."""
 
-    def __init__(self, input_dim: int, num_classes: int, **hyperparameters):
-        super().__init__()
+    def __init__(self, context: ModelContext, **hyperparameters):
+        super().__init__(context)
+        num_classes = context.num_classes
         hp = parse_hyperparameters(FACNetHyperparameters, "facnet", hyperparameters)
         self.hp = hp
-        self.num_classes = num_classes
-        half = input_dim // 2
-        self.splits = [(0, half), (half, input_dim)] if hp.two_stream else [(0, input_dim)]
+        self.branch_inputs = branch_inputs(self.stream_widths, hp.per_stream)
+        if len(self.branch_inputs) > 1 and len(hp.test_stream_weights) != len(self.branch_inputs):
+            raise WtalInputError(f"facnet has {len(self.branch_inputs)} stream branches but "
+                                 f"{len(hp.test_stream_weights)} test_stream_weights",
+                                 fix="give one test weight per stream of model.streams")
         self.streams = nn.ModuleList(
-            FACNetStream(hi - lo, num_classes, hp.embed_dim or (hi - lo), hp.dropout, hp.scale, hp.temperatures)
-            for lo, hi in self.splits)
+            FACNetStream(width, num_classes, hp.embed_dim or width, hp.dropout, hp.scale, hp.temperatures)
+            for _, width in self.branch_inputs)
 
     @property
     def stream_weights(self) -> list[float]:
-        return list(self.hp.test_stream_weights) if self.hp.two_stream else [1.0]
+        return list(self.hp.test_stream_weights) if len(self.branch_inputs) > 1 else [1.0]
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
-        outs = [stream(features[..., lo:hi], mask) for stream, (lo, hi) in zip(self.streams, self.splits, strict=True)]
+    def forward(self, batch: Batch) -> ModelOutput:
+        mask = batch.mask
+        outs = [branch(branch_features(batch, names), mask)
+                for branch, (names, _) in zip(self.streams, self.branch_inputs, strict=True)]
         weights = self.stream_weights
         video = sum(w * torch.softmax(o["ca_logits"], dim=-1) for w, o in zip(weights, outs, strict=True))
         cas = sum(w * torch.softmax(o["logits"], dim=-1) for w, o in zip(weights, outs, strict=True))
@@ -112,8 +117,8 @@ class FACNet(nn.Module):
         return ModelOutput(video_scores=video[:, : self.num_classes], cas_logits=cas_logits, attention=None,
                            extras={"streams": outs})
 
-    def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
-               ) -> dict[str, torch.Tensor]:
+    def losses(self, out: ModelOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        labels = batch.labels
         hp = self.hp
         y_fore, y_back = with_background(labels, 0.0), with_background(labels, 1.0)
 
@@ -134,14 +139,3 @@ class FACNet(nn.Module):
 
     def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
         return [(w, o["logits"]) for w, o in zip(self.stream_weights, out.extras["streams"], strict=True)]
-
-    def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
-        return None
-
-    @staticmethod
-    def postprocess_defaults() -> PostprocessDefaults:
-        """Reference test: class threshold 0.1, thresholds 0.032:0.004:0.052, runs of >= 3 snippets,
-        score ``inner - 0.6 outer`` with 0.25 margins, NMS at inter/len(other) > 0.2."""
-        return PostprocessDefaults(class_threshold=0.1, cas_thresholds=arange_grid(0.032, 0.055, 0.004),
-                                   min_length=3, margin_scale=0.25, outer_weight=0.6, suppression="nms",
-                                   overlap_kind="inter_over_other", overlap_threshold=0.2)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from wtal.errors import WtalInputError
+from wtal.models.base import ModelContext
 from wtal.models.basnet import BaSNet
 from wtal.models.facnet import FACNet
 from wtal.models.mil import MILModel
-from wtal.models.recipes import PostprocessDefaults
 from wtal.models.rskp import RSKP
 from wtal.models.stpn import STPN
 from wtal.models.wum import WUM
@@ -32,21 +32,15 @@ def model_class(name: str) -> type[nn.Module]:
     return MODEL_CLASSES[key]
 
 
-def build_model(name: str, input_dim: int, num_classes: int, **params) -> nn.Module:
-    """``model_class(name)(input_dim, num_classes, **params)``; ``params`` are the model's hyperparameters."""
-    if int(input_dim) < 2 or int(num_classes) < 1:
-        raise WtalInputError(f"model '{name}' needs input_dim >= 2 and num_classes >= 1, "
-                             f"got input_dim={input_dim}, num_classes={num_classes}",
-                             fix="check the feature files and the class list")
+def build_model(name: str, context: ModelContext, **params) -> nn.Module:
+    """``model_class(name)(context, **params)``; ``params`` are the model's hyperparameters."""
+    if not context.streams or any(int(w) < 1 for w in context.streams.values()) or context.num_classes < 1:
+        raise WtalInputError(f"model '{name}' needs at least one stream of width >= 1 and one class, got "
+                             f"streams {dict(context.streams)} and {context.num_classes} classes",
+                             fix="check the feature files, model.streams and the class list")
     cls = model_class(name)
     try:
-        return cls(int(input_dim), int(num_classes), **params)
+        return cls(context, **params)
     except TypeError as exc:  # e.g. an unknown keyword of a model without a hyperparameter dataclass
         raise WtalInputError(f"bad hyperparameters for model '{name}': {exc}",
                              fix="see the model's documented keyword arguments") from exc
-
-
-def postprocess_defaults(name: str) -> PostprocessDefaults:
-    """The model's reference test-time post-processing settings (RSKP's when a model has none)."""
-    recipe = getattr(model_class(name), "postprocess_defaults", None)
-    return recipe() if recipe is not None else PostprocessDefaults()

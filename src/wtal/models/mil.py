@@ -8,27 +8,22 @@ is ``softmax(logits)[:, :C]`` per snippet.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 import torch
 from torch import nn
 
 from wtal.data.batch import Batch
-from wtal.models.base import ModelOutput
+from wtal.models.base import ModelContext, ModelOutput, StreamModel
 from wtal.models.losses import normalized_cross_entropy, with_background
 from wtal.models.masked import masked_topk_mean, topk_count
 
 
-class MILModel(nn.Module):
-    """Top-k MIL with a background class (the "plain top-k MIL baseline")."""
+class MILModel(StreamModel):
+    """Top-k MIL with a background class (the "plain top-k MIL baseline") on the joint input."""
 
-    def __init__(self, input_dim: int, num_classes: int, *, embed_dim: int | None = None,
-                 dropout: float = 0.6, topk_ratio: float = 8.0):
-        super().__init__()
-        if input_dim < 1 or num_classes < 1:
-            raise ValueError(f"MILModel needs input_dim >= 1 and num_classes >= 1, "
-                             f"got {input_dim}, {num_classes}")
-        self.num_classes = num_classes
+    def __init__(self, context: ModelContext, *, embed_dim: int | None = None, dropout: float = 0.6,
+                 topk_ratio: float = 8.0):
+        super().__init__(context)
+        input_dim, num_classes = context.input_dim, context.num_classes
         self.topk_ratio = float(topk_ratio)
         embed_dim = input_dim if embed_dim is None else int(embed_dim)
         self.embedding = nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout))
@@ -37,17 +32,17 @@ class MILModel(nn.Module):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
-        logits = self.classifier(self.embedding(features))  # (B, T, C+1)
+    def forward(self, batch: Batch) -> ModelOutput:
+        logits = self.classifier(self.embedding(self.joint_input(batch)))  # (B, T, C+1)
+        mask = batch.mask
         video_logits = masked_topk_mean(logits, mask, topk_count(mask, self.topk_ratio))  # (B, C+1)
         video_probs = torch.softmax(video_logits, dim=1)
         return ModelOutput(video_scores=video_probs[:, : self.num_classes], cas_logits=logits, attention=None,
                            extras={"video_logits": video_logits})
 
-    def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
-               ) -> dict[str, torch.Tensor]:
+    def losses(self, out: ModelOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         log_probs = torch.log_softmax(out.extras["video_logits"], dim=1)
-        mil = normalized_cross_entropy(log_probs, with_background(labels, 1.0))
+        mil = normalized_cross_entropy(log_probs, with_background(batch.labels, 1.0))
         return {"mil": mil, "total": mil}
 
     def localization_scores(self, out: ModelOutput, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +51,3 @@ class MILModel(nn.Module):
 
     def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
         return [(1.0, out.cas_logits)]
-
-    def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
-        return None

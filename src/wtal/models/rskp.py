@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from wtal.data.batch import Batch
-from wtal.models.base import ModelOutput
+from wtal.models.base import ModelContext, ModelOutput, StreamModel
 from wtal.models.heads import BranchOutput, CosinePredictionHead
 from wtal.models.losses import (
     attention_contrast,
@@ -29,7 +29,7 @@ from wtal.models.losses import (
     with_background,
 )
 from wtal.models.masked import l2_normalize, masked_fill_zero
-from wtal.models.recipes import PostprocessDefaults, parse_hyperparameters
+from wtal.models.recipes import parse_hyperparameters
 
 
 @dataclass(frozen=True)
@@ -100,14 +100,14 @@ def propagate_dense(x: torch.Tensor, bases: torch.Tensor, w: float, sharpness: f
     return (1.0 - w) * torch.linalg.solve(eye - (w * w) * affinity, rhs)
 
 
-class RSKP(nn.Module):
-    """RSKP backbone; ``RSKP(input_dim, num_classes, **RSKPHyperparameters fields)``."""
+class RSKP(StreamModel):
+    """RSKP backbone; ``RSKP(context, **RSKPHyperparameters fields)``."""
 
-    def __init__(self, input_dim: int, num_classes: int, **hyperparameters):
-        super().__init__()
+    def __init__(self, context: ModelContext, **hyperparameters):
+        super().__init__(context)
+        input_dim, num_classes = context.input_dim, context.num_classes
         hp = parse_hyperparameters(RSKPHyperparameters, "rskp", hyperparameters)
         self.hp = hp
-        self.num_classes = num_classes
         dim = hp.embed_dim or input_dim
         # creation order as the reference (mu, centres, embedding), then xavier weights and zero biases
         self.bases = nn.Parameter(torch.randn(hp.num_bases, dim))
@@ -129,7 +129,8 @@ class RSKP(nn.Module):
             mu = z_hat @ x
         return mu
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
+    def forward(self, batch: Batch) -> ModelOutput:
+        features, mask = self.joint_input(batch), batch.mask
         x = masked_fill_zero(self.dropout(torch.relu(self.embedding(features))), mask)
         mu = self.expectation_maximization(x, mask)
         x_prop = propagate(x, mask, mu, self.hp.propagation_weight, self.hp.em_sharpness)
@@ -188,8 +189,9 @@ class RSKP(nn.Module):
         device = self.memory.device
         with torch.no_grad():
             for batch in train_batches():
-                out = self(batch.features.to(device), batch.mask.to(device))
-                self.update_memory(out.extras["mu"], out.extras["mu_pred"], batch.labels.to(device))
+                batch = batch.to(device)
+                out = self(batch)
+                self.update_memory(out.extras["mu"], out.extras["mu_pred"], batch.labels)
         self.train(was_training)
 
     # -------------------------------------------------------------------------------------------- losses
@@ -210,8 +212,8 @@ class RSKP(nn.Module):
                           base_mask)
         return self.head(x_mem, mask)
 
-    def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
-               ) -> dict[str, torch.Tensor]:
+    def losses(self, out: ModelOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        labels, mask = batch.labels, batch.mask
         hp = self.hp
         o: BranchOutput = out.extras["o"]
         m: BranchOutput = out.extras["m"]
@@ -259,16 +261,3 @@ class RSKP(nn.Module):
     def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
         wo, wm = self.hp.distill_weights
         return [(wo, out.extras["o"].logits), (wm, out.extras["m"].logits)]
-
-    @staticmethod
-    def postprocess_defaults() -> PostprocessDefaults:
-        """RS test recipe (reference-notes §5.4): class threshold 0.1, theta 0.001:0.002:0.039, NMS 0.5."""
-        return PostprocessDefaults(class_threshold=0.1, margin_scale=0.25, margin_power=1.0,
-                                   suppression="nms", overlap_kind="inter_over_other", overlap_threshold=0.5)
-
-    @staticmethod
-    def gaufuse_postprocess_defaults() -> PostprocessDefaults:
-        """GauFuse test recipe (§3.6): class threshold 0.16, margin 0.0785 len^0.9, Gaussian fusion 0.25, T=0.2."""
-        return PostprocessDefaults(class_threshold=0.16, margin_scale=0.0785, margin_power=0.9,
-                                   suppression="gaussian", overlap_kind="inter_over_other",
-                                   overlap_threshold=0.25, fusion_temperature=0.2)

@@ -2,9 +2,9 @@
 
 Per stream: attention ``lambda_t = sigmoid(FC(relu(FC_256(x_t))))``, video feature ``mean_t(lambda_t x_t)``
 (over the video's real snippets), classifier ``FC(D -> C)`` trained with sigmoid BCE, plus
-``beta * ||lambda||_1``. With ``two_stream=True`` (default, as the paper) the RGB half and the flow half of
-the input (split at ``input_dim // 2``) each get their own attention and classifier; disjoint parameters
-and a summed loss are the same as training two models separately.
+``beta * ||lambda||_1``. With ``per_stream=True`` (default, as the paper) each input stream (RGB and flow)
+gets its own attention and classifier; disjoint parameters and a summed loss are the same as training two
+models separately. ``per_stream=False`` gives one branch on the streams concatenated.
 
 Differences from the reproduction: it samples T=400 snippets per video; here a video is used whole, and
 the L1 term is ``sparsity_length * mean_t(lambda_t)`` (default 400: the reproduction's sum over its 400
@@ -28,7 +28,6 @@ alone: 12.7 test AVG mAP(0.1:0.7) on 256-d synthetic data (configs/README.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -36,14 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from wtal.data.batch import Batch
-from wtal.models.base import ModelOutput
+from wtal.errors import WtalInputError
+from wtal.models.base import ModelContext, ModelOutput, StreamModel, branch_features, branch_inputs
 from wtal.models.masked import masked_fill_zero, masked_mean, masked_sum
-from wtal.models.recipes import PostprocessDefaults, parse_hyperparameters
+from wtal.models.recipes import parse_hyperparameters
 
 
 @dataclass(frozen=True)
 class STPNHyperparameters:
-    two_stream: bool = True
+    per_stream: bool = True  # one attention + classifier per input stream (the paper's two streams)
     attention_hidden: int = 256
     sparsity_weight: float = 1e-4  # beta
     test_stream_weight: float = 0.5  # alpha: weight of the RGB stream when fusing the two streams
@@ -68,28 +68,29 @@ class STPNStream(nn.Module):
         return self.classifier(pooled), attention, tcam
 
 
-class STPN(nn.Module):
-    """``STPN(input_dim, num_classes, **STPNHyperparameters fields)``."""
+class STPN(StreamModel):
+    """``STPN(context, **STPNHyperparameters fields)``."""
 
-    def __init__(self, input_dim: int, num_classes: int, **hyperparameters):
-        super().__init__()
+    def __init__(self, context: ModelContext, **hyperparameters):
+        super().__init__(context)
+        num_classes = context.num_classes
         self.hp = parse_hyperparameters(STPNHyperparameters, "stpn", hyperparameters)
-        self.num_classes = num_classes
-        if self.hp.two_stream:
-            half = input_dim // 2
-            self.splits = [(0, half), (half, input_dim)]
-        else:
-            self.splits = [(0, input_dim)]
+        self.branch_inputs = branch_inputs(self.stream_widths, self.hp.per_stream)
+        if len(self.branch_inputs) > 2:
+            raise WtalInputError(f"stpn fuses at most two streams, got {list(self.stream_widths)}",
+                                 fix="read one or two streams (model.streams), or set per_stream: false")
         self.streams = nn.ModuleList(
-            STPNStream(hi - lo, num_classes, self.hp.attention_hidden) for lo, hi in self.splits)
+            STPNStream(width, num_classes, self.hp.attention_hidden) for _, width in self.branch_inputs)
 
     @property
     def stream_weights(self) -> list[float]:
         alpha = self.hp.test_stream_weight
-        return [alpha, 1.0 - alpha] if self.hp.two_stream else [1.0]
+        return [alpha, 1.0 - alpha] if len(self.branch_inputs) == 2 else [1.0]
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
-        outs = [stream(features[..., lo:hi], mask) for stream, (lo, hi) in zip(self.streams, self.splits, strict=True)]
+    def forward(self, batch: Batch) -> ModelOutput:
+        mask = batch.mask
+        outs = [branch(branch_features(batch, names), mask)
+                for branch, (names, _) in zip(self.streams, self.branch_inputs, strict=True)]
         weights = self.stream_weights
         video_logits = [o[0] for o in outs]
         attentions = [o[1] for o in outs]
@@ -108,8 +109,8 @@ class STPN(nn.Module):
         a = attention.clamp(eps, 1.0 - eps)
         return torch.cat([tcam, (torch.log1p(-a) - torch.log(a)).unsqueeze(-1)], dim=-1)
 
-    def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
-               ) -> dict[str, torch.Tensor]:
+    def losses(self, out: ModelOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        labels, mask = batch.labels, batch.mask
         cls = sum(F.binary_cross_entropy_with_logits(v, labels, reduction="none").mean(dim=1)
                   for v in out.extras["video_logits"])
         if self.hp.sparsity_length is None:
@@ -127,13 +128,3 @@ class STPN(nn.Module):
 
     def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
         return [(w, s) for w, s in zip(self.stream_weights, out.extras["stream_logits"], strict=True)]
-
-    def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
-        return None
-
-    @staticmethod
-    def postprocess_defaults() -> PostprocessDefaults:
-        """Reproduction: class threshold 0.1, one CAS threshold 0.05 on the x24-upsampled CAS, score = inner
-        mean, NMS at IoU 0.5."""
-        return PostprocessDefaults(class_threshold=0.1, cas_thresholds=(0.05,), min_length=1, outer_weight=0.0,
-                                   suppression="nms", overlap_kind="iou", overlap_threshold=0.5, upsample=24)

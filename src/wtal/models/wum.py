@@ -29,7 +29,6 @@ Differences: the reference trains on random T=750 crops; here whole videos, k fr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wtal.data.batch import Batch
-from wtal.models.base import ModelOutput
+from wtal.models.base import ModelContext, ModelOutput, StreamModel
 from wtal.models.losses import softmax_binary_cross_entropy
 from wtal.models.masked import (
     masked_conv1d,
@@ -48,7 +47,7 @@ from wtal.models.masked import (
     masked_topk_mean,
     topk_count,
 )
-from wtal.models.recipes import PostprocessDefaults, arange_grid, parse_hyperparameters
+from wtal.models.recipes import parse_hyperparameters
 
 
 @dataclass(frozen=True)
@@ -68,13 +67,13 @@ def _selection(order: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(ranks).scatter(1, order, ranks)
 
 
-class WUM(nn.Module):
-    """``WUM(input_dim, num_classes, **WUMHyperparameters fields)``."""
+class WUM(StreamModel):
+    """``WUM(context, **WUMHyperparameters fields)``."""
 
-    def __init__(self, input_dim: int, num_classes: int, **hyperparameters):
-        super().__init__()
+    def __init__(self, context: ModelContext, **hyperparameters):
+        super().__init__(context)
+        input_dim, num_classes = context.input_dim, context.num_classes
         self.hp = parse_hyperparameters(WUMHyperparameters, "wum", hyperparameters)
-        self.num_classes = num_classes
         hidden = self.hp.hidden_dim or input_dim
         self.margin = self.hp.margin * (
             1.0 if self.hp.margin_reference_dim is None else math.sqrt(hidden / self.hp.margin_reference_dim))
@@ -82,7 +81,8 @@ class WUM(nn.Module):
         self.classifier = nn.Conv1d(hidden, num_classes, kernel_size=1, bias=False)
         self.dropout = nn.Dropout(self.hp.dropout)
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
+    def forward(self, batch: Batch) -> ModelOutput:
+        features, mask = self.joint_input(batch), batch.mask
         hp = self.hp
         emb = masked_fill_zero(torch.relu(masked_conv1d(self.embedding, features, mask)), mask)
         cas = masked_conv1d(self.classifier, self.dropout(emb), mask)  # (B, T, C)
@@ -113,8 +113,8 @@ class WUM(nn.Module):
                                    "feat_act": feat_act, "feat_bkg": feat_bkg,
                                    "magnitude": magnitude})
 
-    def losses(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor, epoch: int
-               ) -> dict[str, torch.Tensor]:
+    def losses(self, out: ModelOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        labels = batch.labels
         hp = self.hp
         target = labels / labels.sum(dim=1, keepdim=True).clamp(min=1e-8)
         cls = softmax_binary_cross_entropy(out.extras["logits_act"], target)
@@ -133,16 +133,3 @@ class WUM(nn.Module):
 
     def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
         return [(1.0, out.cas_logits)]
-
-    def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
-        return None
-
-    @staticmethod
-    def postprocess_defaults() -> PostprocessDefaults:
-        """Reference: class threshold 0.2 (arg-max class if none passes), x24 upsampling, CAS thresholds
-        0:0.025:0.225 plus normalised-magnitude thresholds 0.4:0.025:0.6 (``attention``), runs of >= 2,
-        OIC (0.25, gamma 0.2), NMS IoU 0.6."""
-        return PostprocessDefaults(class_threshold=0.2, cas_thresholds=arange_grid(0.0, 0.25, 0.025),
-                                   min_length=2, margin_scale=0.25, score_bonus=0.2, top_class_fallback=True,
-                                   suppression="nms", overlap_kind="iou", overlap_threshold=0.6, upsample=24,
-                                   extra_signal="attention", extra_thresholds=arange_grid(0.4, 0.625, 0.025))

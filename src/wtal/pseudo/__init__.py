@@ -9,14 +9,14 @@ from wtal.pseudo.linpro import (
     solve_class_dense,
     video_pseudo_labels,
 )
-from wtal.pseudo.plugin import GauFuseConfig, GauFusePlugin, build_pseudo_plugin
+from wtal.pseudo.plugin import GauFuseConfig, GauFusePlugin, build_gaufuse_plugin
 from wtal.pseudo.schedule import PseudoSchedule
 
 __all__ = [
     "GauFuseConfig",
     "GauFusePlugin",
     "PseudoSchedule",
-    "build_pseudo_plugin",
+    "build_gaufuse_plugin",
     "LinProConfig",
     "LinProStats",
     "constraint_matrix",

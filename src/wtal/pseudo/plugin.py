@@ -204,9 +204,10 @@ class GauFusePlugin:
 
     name = "gaufuse"
 
-    def __init__(self, config: GauFuseConfig, *, num_classes: int):
+    def __init__(self, config: GauFuseConfig, *, num_classes: int, teacher: torch.nn.Module | None = None):
         self.config = config
         self.num_classes = int(num_classes)
+        self.teacher = teacher  # labels come from this model (a trained run, or a joint teacher), else the student
         self.generations: list[Generation] = []
         self.history: list[dict[str, float]] = []  # one summary per generation made in this run
         self.label_scale = 1.0  # run-wide divisor of all generations (fixed at the first one if normalize)
@@ -224,8 +225,8 @@ class GauFusePlugin:
         index = self.schedule.generation_index(epoch)
         if index is None or any(g.epoch == epoch for g in self.generations):
             return  # nothing due, or already made before a --resume
-        gen = generate(model, train_batches, self.config.generation, epoch=epoch,
-                       temperature=self.schedule.temperatures[index])
+        gen = generate(self.teacher if self.teacher is not None else model, train_batches,
+                       self.config.generation, epoch=epoch, temperature=self.schedule.temperatures[index])
         self._check_width(gen)
         first = not self.generations and not self.history
         if self.config.normalize and first:
@@ -244,7 +245,8 @@ class GauFusePlugin:
                     "post-processing %.2fs, %s", index, epoch, len(gen.labels), t.teacher, t.postprocess_wall,
                     gen.stats)
 
-    def loss(self, model: torch.nn.Module, out: Any, batch: Batch, epoch: int) -> torch.Tensor | None:
+    def loss(self, model: torch.nn.Module, out: Any, batch: Batch, epoch: int, teacher_out: Any = None
+             ) -> torch.Tensor | None:
         spec = self.target_spec(epoch)
         weight = self.schedule.weight(epoch) * self.weight_factor
         if spec is None or weight == 0:
@@ -275,8 +277,8 @@ class GauFusePlugin:
         videos = 0
         for batch in train_batches():
             batch = batch.to(model_device(probe))
-            out = probe(batch.features, batch.mask)
-            base_sum += float(probe.losses(out, batch.labels, batch.mask, epoch)["total"].sum())
+            out = probe(batch)
+            base_sum += float(probe.losses(out, batch, epoch)["total"].sum())
             distill_sum += float(self._distillation_loss(probe, out, batch, spec).sum())
             videos += len(batch.names)
         base, distill = base_sum / max(videos, 1), distill_sum / max(videos, 1)
@@ -339,6 +341,13 @@ class GauFusePlugin:
                                      fix="make the model's localization_scores return one column per class")
             break
 
+    def latest_labels(self, video: str) -> tuple[int, np.ndarray] | None:
+        """The newest generation's pseudo labels of ``video``: ``(epoch index it was made at, (T, K))``."""
+        for gen in reversed(self.generations):
+            if video in gen.labels:
+                return gen.epoch, gen.labels[video]
+        return None
+
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -379,21 +388,10 @@ def _labelled_fraction(labels: dict[str, np.ndarray]) -> float:
     return hit / max(total, 1)
 
 
-def build_pseudo_plugin(cfg: dict[str, Any] | None, *, num_classes: int, snippets_per_second: float,
-                        total_epochs: int) -> GauFusePlugin | None:
-    """The plug-in for a ``pseudo`` config mapping, or None when it is null / ``name: none``.
-
-    ``snippets_per_second`` is accepted for the engine's uniform call; everything here is in snippets.
-    """
-    del snippets_per_second
-    if not cfg or cfg.get("name", cfg.get("method", "gaufuse")) == "none":
-        return None
-    return GauFusePlugin(GauFuseConfig.from_dict(cfg, total_epochs=total_epochs), num_classes=num_classes)
-
-
 def build_gaufuse_plugin(context: Any, **params: Any) -> GauFusePlugin:
-    """Factory for :mod:`wtal.engine.plugins` (``pseudo: {name: gaufuse, ...}``)."""
-    plugin = build_pseudo_plugin({"name": "gaufuse", **params}, num_classes=len(context.classes),
-                                 snippets_per_second=context.snippets_per_second, total_epochs=context.epochs)
-    assert plugin is not None
-    return plugin
+    """Factory for :mod:`wtal.engine.plugins` (``pseudo: {name: gaufuse, ...}``). With a teacher in the run
+    (``teacher:``), its scores make the labels instead of the student's snapshot."""
+    cfg = GauFuseConfig.from_dict({"name": "gaufuse", **params}, total_epochs=context.epochs)
+    teacher = getattr(context, "teacher", None)
+    return GauFusePlugin(cfg, num_classes=len(context.classes),
+                         teacher=teacher.model if teacher is not None else None)

@@ -90,7 +90,7 @@ def teacher_scores(teacher: torch.nn.Module, train_batches: Callable[[], Iterabl
     for batch in train_batches():
         batch = batch.to(device)
         mask = batch.mask
-        out = teacher(batch.features, mask)
+        out = teacher(batch)
         cas, video = teacher.localization_scores(out, mask)
         labels = batch.labels
         if source == "distill_mix":

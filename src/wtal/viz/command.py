@@ -9,44 +9,59 @@ import numpy as np
 from wtal.errors import WtalInputError
 
 
-def latest_pseudo_labels(checkpoint: Path, video: str) -> np.ndarray | None:
-    """The newest pseudo-label generation of ``video`` stored by the GauFuse plug-in, if the run has one."""
+def latest_pseudo_labels(loaded, video: str) -> tuple[int, np.ndarray] | None:
+    """The newest pseudo-label generation of ``video`` in the run's last checkpoint (the generations made so
+    far, even when the selected checkpoint precedes the last one), read through the run's plug-ins:
+    ``(epoch index of the generation, (T, K) labels)``, or None when the run has none."""
     from wtal.engine.checkpoint import load_checkpoint
+    from wtal.engine.plugins import PluginContext, build_plugins
 
-    for state in load_checkpoint(checkpoint).get("plugins", []):
-        generations = state.get("generations") if isinstance(state, dict) else None
-        if generations and video in generations[-1]["labels"]:
-            return np.asarray(generations[-1]["labels"][video], dtype=np.float64)
+    specs = loaded.cfg.plugin_specs()
+    last = loaded.checkpoint.parent / "last.pt"
+    if not specs or not last.is_file():
+        return None
+    context = PluginContext(loaded.data.classes, loaded.data.snippets_per_second, len(loaded.data.train),
+                            loaded.cfg.train.epochs, next(loaded.model.parameters()).device,
+                            dict(loaded.cfg.postprocess), loaded.cfg.to_dict())
+    plugins = build_plugins(specs, context)
+    for plugin, state in zip(plugins, load_checkpoint(last).get("plugins", []), strict=False):
+        plugin.load_state_dict(state)
+        found = plugin.latest_labels(video) if hasattr(plugin, "latest_labels") else None
+        if found is not None:
+            return found
     return None
 
 
-def plot_run_video(run: str | Path, video: str, out: str | Path | None = None) -> Path:
+def plot_run_video(run: str | Path, video: str, out: str | Path | None = None, data: str | Path | None = None
+                   ) -> Path:
     """Run the run's selected model on ``video`` and write its timeline PNG; returns the path."""
-    from wtal.engine.evaluate import evaluate_split
+    from wtal.data.dataset import VideoDataset
     from wtal.engine.predict import load_run
     from wtal.viz.timeline import plot_timeline
 
-    loaded = load_run(run)
+    loaded = load_run(run, data_path=data)
+    if loaded.task.name != "detection":
+        raise WtalInputError(f"`wtal plot --video` draws action-localization runs; this run is {loaded.task.name}",
+                             path=run, fix="plot a detection run")
     split = next((s for s in ("test", "val", "train")
                   if getattr(loaded.data, s) is not None and video in loaded.data.split(s).names), None)
     if split is None:
         raise WtalInputError(f"video {video!r} is not in this run's data", path=run, video=video,
                              fix="pass a video name of the run's training, validation or test split")
     dataset = loaded.data.split(split)
-    one = type(dataset)(dataset.source, [video], dataset.modality)
+    one = VideoDataset(dataset.source, [video], dataset.streams)
     device = next(loaded.model.parameters()).device
-    result = evaluate_split(loaded.model, one, postprocess=loaded.cfg.postprocess, tiou=loaded.cfg.eval.tiou,
-                            device=device, batch_size=1, snippets_per_second=loaded.data.snippets_per_second,
-                            max_snippets=loaded.cfg.data.max_batch_snippets)
+    result = loaded.task.evaluate(loaded.model, one, loaded.cfg, device)
     ann = dataset.source.annotations
-    info = ann.videos[video]
+    pseudo = latest_pseudo_labels(loaded, video)
     out = Path(out) if out is not None else Path(run) / "plots" / f"{video}.png"
     return plot_timeline(out, video, ann.classes, loaded.data.snippets_per_second, ann.ground_truth([video]),
-                         result.detections, cas=result.cas[video],
-                         pseudo=latest_pseudo_labels(loaded.checkpoint, video), duration=info.duration)
+                         result.detections, cas=result.cas[video], pseudo=None if pseudo is None else pseudo[1],
+                         pseudo_label=None if pseudo is None else f"pseudo labels (made at epoch {pseudo[0] + 1})",
+                         duration=ann.videos[video].duration)
 
 
-def plot_command(run: str, video: str, out: str | None = None) -> int:
-    path = plot_run_video(run, video, out)
+def plot_command(run: str, video: str, out: str | None = None, data: str | None = None) -> int:
+    path = plot_run_video(run, video, out, data)
     print(f"wrote {path}")
     return 0

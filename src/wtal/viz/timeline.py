@@ -30,6 +30,7 @@ def classes_to_show(classes: Sequence[str], gt: SegmentTable, pred: SegmentTable
 def plot_timeline(path: str | Path, video: str, classes: Sequence[str], snippets_per_second: float,
                   gt: SegmentTable, pred: SegmentTable, cas: np.ndarray | None = None,
                   pseudo: np.ndarray | None = None, duration: float | None = None,
+                  pseudo_label: str | None = None,
                   max_classes: int = 4, top_predictions: int = 20) -> Path:
     """Write a PNG timeline of ``video`` to ``path`` (atomically) and return the path.
 
@@ -68,7 +69,7 @@ def plot_timeline(path: str | Path, video: str, classes: Sequence[str], snippets
             ax.plot(t, cas[:, c], color="tab:blue", lw=1.0, label="CAS")
         if pseudo is not None:
             edges = snippets_to_seconds(np.arange(pseudo.shape[0] + 1), snippets_per_second)
-            ax.stairs(pseudo[:, c], edges, color="tab:orange", lw=1.0, label="pseudo label")
+            ax.stairs(pseudo[:, c], edges, color="tab:orange", lw=1.0, label=pseudo_label or "pseudo label")
         ax.set_ylim(0, 1.05)
         ax.set_xlim(0, duration)
         ax.set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=9)
