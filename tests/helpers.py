@@ -34,3 +34,11 @@ def voc_interpolated_ap(tp: list[int], npos: int) -> float:
     for i in range(len(mprec) - 2, -1, -1):
         mprec[i] = max(mprec[i], mprec[i + 1])
     return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+
+
+def grouped_by_video(rows: list[tuple]) -> list[tuple]:
+    """Rows in result-file order: videos by first appearance (a JSON object), each video's rows in order."""
+    results: dict = {}
+    for r in rows:
+        results.setdefault(r[0], []).append(r)
+    return [r for video_rows in results.values() for r in video_rows]
