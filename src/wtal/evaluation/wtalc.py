@@ -21,8 +21,8 @@ It reproduces their evaluator (``getActLoc`` and ``getLocMAP`` in ``detectionMAP
 - AP from the same interpolated precision envelope; mAP = mean over the classes with ground truth.
 
 Choices where the reference crashes: a detection range and a ground-truth range that are both empty have
-IoU 0 (the reference divides by zero). Detection boundaries within 1e-6 snippets of an integer are snapped to it before
-truncation, so integer snippet boundaries survive the round trip through seconds.
+IoU 0 (the reference divides by zero). Detection boundaries within 1e-6 snippets of an integer are snapped to
+it before truncation, so integer snippet boundaries survive the round trip through seconds.
 
 ``empty_class_zero=True`` reproduces the reference's ``return 0`` bug: when any evaluated class has no
 detection left (after the Ambiguous filter), the mAP at every threshold is reported as 0. It is off by
