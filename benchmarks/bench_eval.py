@@ -2,9 +2,10 @@
 
 Times :func:`wtal.evaluation.detection_map` against a straightforward per-detection loop (the official
 evaluator's structure: per class, per detection in score order, tIoU against the ground truth of its video,
-then a walk over the ground truth per threshold) and checks that both give the same mAP.
+then a walk over the ground truth per threshold, with its numpy sorts) and checks that both give the same
+mAP. ``--ties K`` quantises the scores so that every distinct score is shared by K detections.
 
-    python benchmarks/bench_eval.py [--detections 100000] [--seed 0] [--skip-loop]
+    python benchmarks/bench_eval.py [--detections 100000] [--seed 0] [--ties K] [--skip-loop]
 """
 
 from __future__ import annotations
@@ -54,9 +55,25 @@ def thumos_like(n_det: int, seed: int) -> tuple[SegmentTable, SegmentTable]:
     return gt, pred
 
 
+def with_ties(pred: SegmentTable, per_score: int, seed: int) -> SegmentTable:
+    """The same detections with scores quantised by rank: each distinct score shared by ``per_score`` of them."""
+    rank = np.empty(len(pred), dtype=np.int64)
+    rank[np.argsort(pred.score, kind="stable")] = np.arange(len(pred))
+    score = (rank // per_score) / max(1, (len(pred) - 1) // per_score)
+    order = np.random.default_rng(seed).permutation(len(pred))  # ties in no particular row order
+    return SegmentTable(pred.classes, pred.video[order], pred.label[order], pred.start[order], pred.end[order],
+                        score[order])
+
+
 def loop_detection_map(gt: SegmentTable, pred: SegmentTable, thresholds) -> list[float]:
-    """The official evaluator's structure in plain Python + per-detection numpy (no pandas)."""
+    """The official evaluator's structure in plain Python + per-detection numpy (no pandas).
+
+    Rows are taken in the order of the result file written for ``pred`` (grouped by video in order of first
+    appearance), and sorted with numpy's default sort, as the official code does.
+    """
     thresholds = list(thresholds)
+    first: dict[str, int] = {}
+    file_order = np.argsort([first.setdefault(v, len(first)) for v in pred.video], kind="stable")
     aps = []
     for c in sorted(set(gt.label.tolist())):
         g_idx = np.flatnonzero(gt.label == c)
@@ -64,8 +81,8 @@ def loop_detection_map(gt: SegmentTable, pred: SegmentTable, thresholds) -> list
         for j, v in enumerate(gt.video[g_idx]):
             by_video.setdefault(v, []).append(j)
         g_start, g_end = gt.start[g_idx], gt.end[g_idx]
-        p_idx = np.flatnonzero(pred.label == c)
-        p_idx = p_idx[np.argsort(pred.score[p_idx], kind="stable")[::-1]]
+        p_idx = file_order[pred.label[file_order] == c]
+        p_idx = p_idx[np.argsort(pred.score[p_idx])[::-1]]
         locked = np.zeros((len(thresholds), len(g_idx)), dtype=bool)
         tp = np.zeros((len(thresholds), len(p_idx)))
         for k, i in enumerate(p_idx):
@@ -78,7 +95,7 @@ def loop_detection_map(gt: SegmentTable, pred: SegmentTable, thresholds) -> list
             union = (g_end[cand] - g_start[cand]) + (e - s) - inter
             with np.errstate(invalid="ignore"):
                 tiou = inter / union  # 0/0 -> NaN, as in the official code (argsort puts it first below)
-            visit = np.argsort(tiou, kind="stable")[::-1]
+            visit = np.argsort(tiou)[::-1]
             for t, thr in enumerate(thresholds):
                 for jj in visit:
                     if tiou[jj] < thr:
@@ -117,12 +134,15 @@ def main() -> None:
     ap.add_argument("--detections", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ties", type=int, default=0, help="share every distinct score among this many detections")
     ap.add_argument("--skip-loop", action="store_true", help="do not run the slow loop version")
     args = ap.parse_args()
 
     gt, pred = thumos_like(args.detections, args.seed)
+    if args.ties:
+        pred = with_ties(pred, args.ties, args.seed)
     print(f"ground truth: {len(gt)} segments in {len(set(gt.video))} videos, {len(set(gt.label))} classes; "
-          f"detections: {len(pred)}")
+          f"detections: {len(pred)}, {len(np.unique(pred.score))} distinct scores")
     t_fast, report = best_of(lambda: detection_map(gt, pred, THUMOS14_TIOU), args.repeats)
     print(f"detection_map (vectorized):   {t_fast:7.3f} s  (best of {args.repeats})")
     print("mAP@0.1:0.7 =", " ".join(f"{m:.2f}" for m in report.mAP), f" avg {report.average:.2f}")

@@ -90,3 +90,11 @@ def as_double(batch):
 
     return dataclasses.replace(batch, inputs={k: v.double() for k, v in batch.inputs.items()},
                                labels=None if batch.labels is None else batch.labels.double())
+
+
+def grouped_by_video(rows: list[tuple]) -> list[tuple]:
+    """Rows in result-file order: videos by first appearance (a JSON object), each video's rows in order."""
+    results: dict = {}
+    for r in rows:
+        results.setdefault(r[0], []).append(r)
+    return [r for video_rows in results.values() for r in video_rows]

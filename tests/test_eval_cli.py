@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,7 +129,7 @@ def test_eval_wtalc_mode_on_real_annotation_folder(tmp_path, thumos14_annotation
      "unknown class label 'Surfing'"),
     ('{"results": {', [], "malformed JSON"),
     ('{"results": {}}', ["--subset", "training"], "no subset 'training'"),
-    ('{"results": {}}', ["--tiou", "0.5,1.5"], "invalid tIoU thresholds"),
+    ('{"results": {}}', ["--tiou", "0.5,1.5"], "1.5 is not a tIoU threshold in (0, 1]"),
 ])
 def test_eval_bad_inputs_exit_2_with_file_and_fix(tmp_path, capsys, pred_text, args, message):
     gt = write_gt_json(tmp_path / "gt.json", THUMOS_LIKE)
@@ -133,3 +138,67 @@ def test_eval_bad_inputs_exit_2_with_file_and_fix(tmp_path, capsys, pred_text, a
     assert main(["eval", "--pred", str(pred), "--gt", str(gt), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "fix:" in err
+
+
+@pytest.mark.parametrize(("tiou", "message"), [
+    ("", "--tiou is empty"), ("  ", "--tiou is empty"), ("0.5,,0.7", "empty item"), ("0.5,", "empty item"),
+    ("abc", "'abc' is not a number"), ("0.5 0.7", "'0.5 0.7' is not a number"), ("0.3;0.5", "not a number"),
+    ("nan", "nan is not a tIoU threshold"), ("0", "0 is not a tIoU threshold"),
+    ("0.5,-0.1", "-0.1 is not a tIoU threshold"), ("inf", "inf is not a tIoU threshold"),
+])
+def test_eval_malformed_tiou_exits_2_naming_the_option(tmp_path, capsys, tiou, message):
+    gt = write_gt_json(tmp_path / "gt.json", THUMOS_LIKE)
+    pred = write_pred(tmp_path / "pred.json", [("test_1", "Diving", 0.0, 10.0, 0.9)])
+    assert main(["eval", "--pred", str(pred), "--gt", str(gt), f"--tiou={tiou}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no table
+    assert message in captured.err and "fix: give comma-separated tIoU thresholds" in captured.err
+
+
+def eval_warnings(caplog, tmp_path, rows, *args) -> tuple[list[str], dict]:
+    """Run ``wtal eval`` on ``rows``; return the warnings logged and the JSON result."""
+    gt = write_gt_json(tmp_path / "gt.json", THUMOS_LIKE)
+    pred = write_pred(tmp_path / "pred.json", rows)
+    out = tmp_path / "map.json"
+    with caplog.at_level(logging.WARNING, logger="wtal"):
+        caplog.clear()
+        assert main(["eval", "--pred", str(pred), "--gt", str(gt), "--json", str(out), *args]) == 0
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING], json.loads(out.read_text())
+
+
+def test_eval_warns_about_some_unknown_videos_and_keeps_official_scoring(tmp_path, caplog):
+    rows = [("test_1", "Diving", 0.0, 10.0, 0.9), ("v_test_2", "Diving", 5.0, 9.0, 0.95),
+            ("v_test_2", "Shotput", 5.0, 9.0, 0.3)]
+    warnings, res = eval_warnings(caplog, tmp_path, rows, "--tiou", "0.5")
+    assert len(warnings) == 1
+    assert "1 of the 2 predicted videos are not in subset 'test'" in warnings[0]
+    assert "'v_test_2'" in warnings[0] and "their 2 detections count as false positives" in warnings[0]
+    assert "remove the 'v_' prefix" in warnings[0]
+    # Diving: FP (v_test_2) ranked first, then a TP of 2 ground truths -> AP 1/4; Shotput: AP 0
+    assert res["mAP"] == pytest.approx([100 * (0.25 + 0.0) / 2])
+    warnings, _ = eval_warnings(caplog, tmp_path, rows[:1])
+    assert warnings == []
+
+
+@pytest.mark.parametrize(("rows", "args", "hint"), [
+    ([("train_1", "Diving", 1.0, 5.0, 0.9)], [], "of these, 1 in subset 'validation': check --subset"),
+    ([("v_test_1", "Diving", 0.0, 10.0, 0.9)], [], "remove the 'v_' prefix"),
+    ([("1", "Diving", 0.0, 10.0, 0.9)], ["--subset", "validation"], "check the video ids (a prefix such as 'v_'?"),
+])
+def test_eval_warns_when_no_predicted_video_is_in_the_subset(tmp_path, caplog, rows, args, hint):
+    warnings, res = eval_warnings(caplog, tmp_path, rows, *args)
+    assert len(warnings) == 1 and "none of the 1 predicted videos is in subset" in warnings[0]
+    assert "all 1 detections count as false positives" in warnings[0] and hint in warnings[0]
+    assert res["average"] == 0.0
+
+
+def test_eval_unknown_video_warning_reaches_stderr_of_the_command(tmp_path):
+    gt = write_gt_json(tmp_path / "gt.json", {"video_1": ("test", [("Diving", 0.0, 10.0)])})
+    pred = write_pred(tmp_path / "pred.json", [("1", "Diving", 0.0, 10.0, 0.9)])
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "wtal.cli", "eval", "--pred", str(pred), "--gt", str(gt)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and "AVG" in proc.stdout
+    assert proc.stderr.startswith("wtal eval: warning: none of the 1 predicted videos is in subset 'test'")
+    assert "e.g. 'video_1'" in proc.stderr

@@ -1,65 +1,74 @@
 """Detection mAP with official ActivityNet semantics: hand-computed cases, properties, and a cross-check
-against a plain loop implementation written from the description of the official evaluator."""
+against a plain port of the official evaluator (its loops, without pandas)."""
 
 from __future__ import annotations
 
-import math
+import json
 
 import numpy as np
 import pytest
-from helpers import voc_interpolated_ap
+from helpers import grouped_by_video, voc_interpolated_ap
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from wtal.data.segments import SegmentTable
 from wtal.errors import WtalInputError
 from wtal.evaluation.detection import ACTIVITYNET_TIOU, THUMOS14_TIOU, DetectionReport, detection_map
+from wtal.evaluation.results import read_results, write_results
 
-# --- plain reference: the official algorithm as loops, written from its description -----------------------
+# --- plain port of the official evaluator (eval_detection.py), pandas replaced by lists ---------------------
+
+
+def official_segment_iou(target: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """tIoU of one segment with N segments, with the official float operations (0/0 gives NaN)."""
+    tt1 = np.maximum(target[0], candidates[:, 0])
+    tt2 = np.minimum(target[1], candidates[:, 1])
+    inter = (tt2 - tt1).clip(0)
+    union = (candidates[:, 1] - candidates[:, 0]) + (target[1] - target[0]) - inter
+    with np.errstate(invalid="ignore"):
+        return inter.astype(float) / union
+
+
+def official_class_ap(gts: list, preds: list, thresholds: np.ndarray) -> np.ndarray:
+    """compute_average_precision_detection: one class, rows in table order."""
+    lock = np.full((len(thresholds), len(gts)), -1)
+    scores = np.array([p[4] for p in preds], dtype=np.float64)
+    preds = [preds[i] for i in scores.argsort()[::-1]]  # numpy's default sort, as the official code
+    by_video: dict[str, list[int]] = {}
+    for j, g in enumerate(gts):
+        by_video.setdefault(g[0], []).append(j)
+    tp = np.zeros((len(thresholds), len(preds)))
+    for idx, (video, _, s, e, _) in enumerate(preds):
+        if video not in by_video:
+            continue  # false positive at every threshold
+        index = by_video[video]
+        tiou = official_segment_iou(np.array([s, e]), np.array([[gts[j][2], gts[j][3]] for j in index]))
+        visit = tiou.argsort()[::-1]
+        for t, thr in enumerate(thresholds):
+            for jdx in visit:
+                if tiou[jdx] < thr:
+                    break
+                if lock[t, index[jdx]] >= 0:
+                    continue
+                tp[t, idx] = 1
+                lock[t, index[jdx]] = idx
+                break
+    return np.array([voc_interpolated_ap(row.tolist(), len(gts)) for row in tp])
 
 
 def reference_anet_map(gt_rows, pred_rows, thresholds) -> tuple[list[float], list[str]]:
-    """mAP (percent) per threshold, official semantics, one detection and one threshold at a time.
+    """mAP (percent) per threshold and the evaluated classes (sorted), as the official evaluator computes them
+    on the result file written for ``pred_rows``.
 
-    gt_rows: (video, label, start, end); pred_rows: (video, label, start, end, score).
+    gt_rows: (video, label, start, end); pred_rows: (video, label, start, end, score). Both are read as files:
+    grouped by video in order of first appearance; each class's rows keep that order (pandas groupby).
     """
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    gt_rows, pred_rows = grouped_by_video(gt_rows), grouped_by_video(pred_rows)
     classes = sorted({r[1] for r in gt_rows})
-    result = []
-    for thr in thresholds:
-        aps = []
-        for c in classes:
-            gts = [r for r in gt_rows if r[1] == c]
-            preds = [r for r in pred_rows if r[1] == c]
-            # argsort()[::-1]: descending score, equal scores -> later row first
-            order = sorted(range(len(preds)), key=lambda i: (preds[i][4], i), reverse=True)
-            locked = [False] * len(gts)
-            tp = []
-            for i in order:
-                video, _, s, e, _ = preds[i]
-                in_video = [j for j, g in enumerate(gts) if g[0] == video]
-                ious = {}
-                for j in in_video:
-                    gs, ge = gts[j][2], gts[j][3]
-                    inter = max(0.0, min(e, ge) - max(s, gs))
-                    union = (ge - gs) + (e - s) - inter
-                    ious[j] = inter / union if union > 0 else math.nan  # 0/0 as in numpy
-                # visit ground truth by decreasing tIoU (numpy's argsort puts NaN last, so reversed first),
-                # equal tIoU -> later index first
-                visit = sorted(in_video, key=lambda j: (math.inf if math.isnan(ious[j]) else ious[j], j),
-                               reverse=True)
-                hit = 0
-                for j in visit:
-                    if ious[j] < thr:  # False for NaN
-                        break
-                    if locked[j]:
-                        continue
-                    locked[j] = True
-                    hit = 1
-                    break
-                tp.append(hit)
-            aps.append(voc_interpolated_ap(tp, len(gts)))
-        result.append(100.0 * float(np.mean(aps)))
-    return result, classes
+    ap = [official_class_ap([r for r in gt_rows if r[1] == c], [r for r in pred_rows if r[1] == c], thresholds)
+          for c in classes]
+    return list(100.0 * np.mean(ap, axis=0)), classes
 
 
 def table(rows, classes) -> SegmentTable:
@@ -79,21 +88,25 @@ def test_hand_computed_two_thresholds():
     assert rep.classes == ["x"] and rep.ap_per_class.shape == (2, 1)
 
 
-def test_equal_scores_later_row_first():
-    # Same score: the official order takes row 1 (the FP) before row 0 (the TP) -> prec 0, 1/2 -> AP 0.5.
+def test_equal_scores_follow_numpy_argsort_reversed():
+    # Same score: the official order is np.argsort(scores)[::-1] (numpy's default sort). Row 0 is the TP and
+    # row 1 the FP: TP first gives AP 1, FP first gives precision 0, 1/2 -> AP 0.5.
     gt = table([("v", "x", 0, 10)], ["x"])
     pred = table([("v", "x", 0, 10, 0.5), ("v", "x", 50, 60, 0.5)], ["x"])
-    assert detection_map(gt, pred, [0.5]).mAP == pytest.approx([50.0])
+    first = int(np.argsort(np.array([0.5, 0.5]))[::-1][0])
+    assert detection_map(gt, pred, [0.5]).mAP == pytest.approx([100.0 if first == 0 else 50.0])
     swapped = table([("v", "x", 50, 60, 0.5), ("v", "x", 0, 10, 0.5)], ["x"])
-    assert detection_map(gt, swapped, [0.5]).mAP == pytest.approx([100.0])
+    assert detection_map(gt, swapped, [0.5]).mAP == pytest.approx([50.0 if first == 0 else 100.0])
 
 
-def test_equal_tiou_later_ground_truth_first():
-    # p1 [2,12] has tIoU 8/12 with both g1 [0,10] and g2 [4,14]; official takes g2, leaving g1 for p2 [0,8]
-    # (tIoU 0.8) -> two TP -> AP 1. Taking g1 first would leave p2 with g2 (tIoU 4/14) -> AP 0.5.
+def test_equal_tiou_follows_numpy_argsort_reversed():
+    # p1 [2,12] has tIoU 8/12 with both g1 [0,10] and g2 [4,14]. The official order np.argsort(tiou)[::-1]
+    # decides: taking g2 leaves g1 for p2 [0,8] (tIoU 0.8) -> two TP -> AP 1; taking g1 leaves p2 with g2
+    # (tIoU 4/14) -> AP 0.5.
     gt = table([("v", "x", 0, 10), ("v", "x", 4, 14)], ["x"])
     pred = table([("v", "x", 2, 12, 0.9), ("v", "x", 0, 8, 0.8)], ["x"])
-    assert detection_map(gt, pred, [0.5]).mAP == pytest.approx([100.0])
+    first = int(np.argsort(np.array([8 / 12, 8 / 12]))[::-1][0])
+    assert detection_map(gt, pred, [0.5]).mAP == pytest.approx([100.0 if first == 1 else 50.0])
 
 
 def test_best_tiou_not_first_ground_truth():
@@ -253,6 +266,77 @@ def test_matches_plain_reference_random(seed):
     rep = detection_map(table(gt_rows, classes), table(pred_rows, classes), thresholds)
     expected, _ = reference_anet_map(gt_rows, pred_rows, thresholds)
     np.testing.assert_allclose(rep.mAP, expected, atol=1e-6)
+
+
+def tie_heavy_input(seed: int, n_pred: int = 400):
+    """Ground truth and detections on a whole-second grid, every distinct score shared by 4 detections.
+
+    One (class, video) group holds 20 overlapping ground-truth segments, so tIoU arrays longer than 16 with
+    equal values occur; detections are shifted copies of ground truth plus background, in shuffled row order
+    (not grouped by video), more than 16 per class.
+    """
+    rng = np.random.default_rng(seed)
+    classes, videos = ["x", "y", "z"], [f"v{i}" for i in range(5)]
+    gt_rows = [("v0", "x", float(s), float(s + 4)) for s in range(0, 40, 2)]
+    for v in videos:
+        for c in classes:
+            gt_rows += [(v, c, float(s), float(s + rng.integers(2, 6))) for s in rng.integers(0, 60, 3)]
+    pred_rows = []
+    for _ in range(n_pred * 4 // 5):
+        v, c, s, e = gt_rows[rng.integers(len(gt_rows))]
+        shift = float(rng.integers(-2, 3))
+        pred_rows.append((v, c, s + shift, e + shift + float(rng.integers(0, 2))))
+    for _ in range(n_pred - len(pred_rows)):
+        s = float(rng.integers(0, 60))
+        pred_rows.append((str(rng.choice([*videos, "outside"])), str(rng.choice(classes)), s,
+                          s + float(rng.integers(0, 6))))
+    scores = np.repeat(rng.permutation(n_pred // 4) / (n_pred // 4), 4)
+    rng.shuffle(scores)
+    pred_rows = [(*r, float(q)) for r, q in zip(pred_rows, scores, strict=True)]
+    return gt_rows, [pred_rows[i] for i in rng.permutation(len(pred_rows))], classes
+
+
+def numpy_reorders_ties(values: np.ndarray) -> bool:
+    return not np.array_equal(np.argsort(values), np.argsort(values, kind="stable"))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_many_ties_match_the_official_port(seed):
+    gt_rows, pred_rows, classes = tie_heavy_input(seed)
+    thresholds = [0.1, 0.3, 1 / 3, 0.5, 0.6, 0.7]
+    rep = detection_map(table(gt_rows, classes), table(pred_rows, classes), thresholds)
+    expected, _ = reference_anet_map(gt_rows, pred_rows, thresholds)
+    np.testing.assert_allclose(rep.mAP, expected, atol=1e-9)
+    # the input exercises numpy's unstable order for equal scores and for equal tIoUs
+    file_rows = grouped_by_video(pred_rows)
+    assert any(numpy_reorders_ties(np.array([r[4] for r in file_rows if r[1] == c])) for c in classes)
+    crowded = np.array([[s, e] for v, c, s, e in gt_rows if (v, c) == ("v0", "x")])
+    assert any(numpy_reorders_ties(official_segment_iou(np.array([s, e]), crowded))
+               for v, c, s, e, _ in pred_rows if (v, c) == ("v0", "x"))
+
+
+def test_a_table_scores_as_its_result_file_and_wtal_eval_as_the_official_code(tmp_path):
+    from wtal.cli import main
+
+    gt_rows, pred_rows, classes = tie_heavy_input(3)
+    thresholds = [0.1, 0.3, 0.5, 0.7]
+    pred = table(pred_rows, classes)
+    path = write_results(tmp_path / "pred.json", pred)
+    direct = detection_map(table(gt_rows, classes), pred, thresholds).mAP
+    assert detection_map(table(gt_rows, classes), read_results(path, classes), thresholds).mAP == direct
+    expected, _ = reference_anet_map(gt_rows, pred_rows, thresholds)
+    np.testing.assert_allclose(direct, expected, atol=1e-9)
+
+    database = {}
+    for v, c, s, e in gt_rows:
+        database.setdefault(v, {"subset": "test", "annotations": []})["annotations"].append(
+            {"label": c, "segment": [s, e]})
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps({"version": "1.3", "taxonomy": [], "database": database}))
+    out = tmp_path / "map.json"
+    tiou = ",".join(map(str, thresholds))
+    assert main(["eval", "--pred", str(path), "--gt", str(gt_file), "--tiou", tiou, "--json", str(out)]) == 0
+    np.testing.assert_allclose(json.loads(out.read_text())["mAP"], expected, atol=1e-9)
 
 
 @settings(max_examples=60, deadline=None)

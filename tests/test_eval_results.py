@@ -6,12 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from helpers import grouped_by_video
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wtal.data.segments import SegmentTable
 from wtal.errors import WtalInputError
-from wtal.evaluation.results import read_results, results_to_json, write_results
+from wtal.evaluation.results import read_results, result_file_order, results_to_json, write_results
 
 CLASSES = ["BaseballPitch", "CliffDiving", "Diving", "Shotput"]
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
@@ -24,14 +25,6 @@ def detection(draw):
             start + draw(st.floats(0, 1e4)), draw(finite))
 
 
-def grouped_by_video(rows):
-    """Rows in result-file order: videos by first appearance, each video's rows in table order."""
-    first = {}
-    for r in rows:
-        first.setdefault(r[0], len(first))
-    return sorted(rows, key=lambda r: first[r[0]])  # sorted is stable
-
-
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(detection(), max_size=30))
 def test_round_trip(tmp_path, rows):
@@ -41,6 +34,7 @@ def test_round_trip(tmp_path, rows):
     back = read_results(path, classes=CLASSES)
     assert back.classes == tuple(CLASSES)
     assert back.rows() == grouped_by_video(table.rows())  # floats survive exactly
+    assert back.rows() == table.select(result_file_order(table.video)).rows()
     data = json.loads(path.read_text())
     assert data["version"] == "v9" and data["external_data"] == {"used": False}
     assert set(data["results"]) == {r[0] for r in rows}

@@ -1,11 +1,11 @@
-"""W-TALC compatibility evaluator: hand-computed quirks, and a cross-check against a plain set-based loop
-implementation written from the description of the reference ``getLocMAP`` (reference-notes §5.1, §9.5)."""
+"""W-TALC compatibility evaluator: hand-computed quirks, and a cross-check against a plain set-based port of
+the reference evaluator (``getActLoc`` sorting and Ambiguous filter, then ``getLocMAP``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import voc_interpolated_ap
+from helpers import grouped_by_video, voc_interpolated_ap
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -18,21 +18,26 @@ R = 25 / 16  # I3D snippets per second
 
 
 def reference_wtalc_map(gt_rows, pred_rows, factor, thresholds, ambiguous=None, empty_class_zero=False):
-    """gt_rows: (video, label, start_s, end_s); pred_rows: (video, label, start_snippet, end_snippet, score)."""
+    """gt_rows: (video, label, start_s, end_s); pred_rows: (video, label, start_snippet, end_snippet, score).
+
+    The detections are taken in result-file order (grouped by video in order of first appearance).
+    """
     gt_videos = {g[0] for g in gt_rows}
+    pred_rows = grouped_by_video(pred_rows)
     classes = sorted({g[1] for g in gt_rows})
     result = []
     for th in thresholds:
         aps, some_class_empty = [], False
         for c in classes:
             preds = [p for p in pred_rows if p[1] == c and p[0] in gt_videos]
-            preds = sorted(preds, key=lambda p: -p[4])  # ties keep input order
+            preds = by_decreasing_score(preds)  # getActLoc: np.argsort(-score), numpy's default sort
             if ambiguous:
                 def overlaps_ambiguous(p):
                     P = set(range(int(p[2]), int(p[3])))
                     return any(P & set(range(round(a * factor), round(b * factor)))
                                for a, b in ambiguous.get(p[0], []))
                 preds = [p for p in preds if not overlaps_ambiguous(p)]
+            preds = by_decreasing_score(preds)  # getLocMAP sorts again
             some_class_empty |= not preds
             remaining = [[g[0], g[2], g[3]] for g in gt_rows if g[1] == c]
             npos = len(remaining)
@@ -56,6 +61,10 @@ def reference_wtalc_map(gt_rows, pred_rows, factor, thresholds, ambiguous=None, 
             aps.append(voc_interpolated_ap(tp, npos))
         result.append(0.0 if (empty_class_zero and some_class_empty) else 100.0 * float(np.mean(aps)))
     return result
+
+
+def by_decreasing_score(preds: list) -> list:
+    return [preds[i] for i in np.argsort(-np.array([p[4] for p in preds], dtype=np.float64))]
 
 
 def seconds_table(pred_rows, classes, factor=R) -> SegmentTable:
@@ -110,11 +119,14 @@ def test_integer_threshold_ties_are_accepted():
     assert wtalc_detection_map(gt, pred, 1.0, [0.3, 0.4]).mAP == pytest.approx([100.0, 0.0])
 
 
-def test_equal_scores_keep_table_order():
+def test_equal_scores_follow_the_reference_numpy_sorts():
+    # the reference sorts with np.argsort(-score) twice (numpy's default sort); row 0 is the TP, row 1 the FP
     gt = gt_table([("v", "x", 0, 10)], ["x"])
     pred = SegmentTable.from_rows(["x"], [("v", "x", 0, 10, 0.5), ("v", "x", 50, 60, 0.5)])
-    assert wtalc_detection_map(gt, pred, 1.0, [0.5]).mAP == pytest.approx([100.0])
-    assert detection_map(gt, pred, [0.5]).mAP == pytest.approx([50.0])  # official: later row first
+    neg = -np.array([0.5, 0.5])
+    order = np.argsort(neg)
+    first = order[np.argsort(neg[order])][0]
+    assert wtalc_detection_map(gt, pred, 1.0, [0.5]).mAP == pytest.approx([100.0 if first == 0 else 50.0])
 
 
 def test_ambiguous_filter_any_class_and_only_on_overlap():
@@ -204,7 +216,7 @@ def test_real_thumos14_snippet_grid_and_cross_check(thumos14_annotations):
     gt = ann.ground_truth()
     start, end = gt_snippet_range(gt.start, gt.end, R)
     assert len(gt) == 3358
-    assert int(np.sum(end <= start)) == 17  # reference-notes §1.3: 17 test segments become empty
+    assert int(np.sum(end <= start)) == 17  # 17 test segments become empty on the snippet grid
     assert int(np.sum(end - start == 1)) == 229
 
     # jittered ground truth as detections on 40 videos, including the Ambiguous ones
@@ -237,3 +249,31 @@ def test_matches_plain_reference_crowded(gt_rows, pred_rows, thresholds):
     # one video, one class, integer snippets (rate 1): equal IoUs between different ground truth are frequent
     rep = wtalc_detection_map(gt_table(gt_rows, ["x"]), seconds_table(pred_rows, ["x"], 1.0), 1.0, thresholds)
     np.testing.assert_allclose(rep.mAP, reference_wtalc_map(gt_rows, pred_rows, 1.0, thresholds), atol=1e-6)
+
+
+def test_many_ties_beyond_16_per_class_match_the_reference():
+    # every distinct score shared by 4 detections, about 100 detections per class in shuffled row order, and
+    # an Ambiguous filter between the reference's two sorts
+    rng = np.random.default_rng(7)
+    gt_rows = [(v, c, float(s) / 10, float(s + rng.integers(10, 60)) / 10)
+               for v in VIDEOS for c in CLASSES for s in rng.integers(0, 400, 4)]
+    pred_rows = []
+    for _ in range(300):
+        v, c, s, e = gt_rows[rng.integers(len(gt_rows))]
+        a = max(0.0, round(s * R) + float(rng.integers(-2, 3)))
+        pred_rows.append((v, c, a, a + float(rng.integers(1, 10))))
+    for _ in range(100):
+        a = float(rng.integers(0, 60))
+        pred_rows.append((str(rng.choice([*VIDEOS, "nogt"])), str(rng.choice(CLASSES)), a, a + 4.0))
+    scores = np.repeat(rng.permutation(100) / 100, 4)
+    rng.shuffle(scores)
+    pred_rows = [(*r, float(q)) for r, q in zip(pred_rows, scores, strict=True)]
+    ambiguous = {"a": [(10.0, 14.0), (30.0, 31.0)], "c": [(0.0, 2.0)]}
+    thresholds = [0.1, 0.3, 0.5, 0.7]
+    rep = wtalc_detection_map(gt_table(gt_rows, CLASSES), seconds_table(pred_rows, CLASSES), R, thresholds,
+                              ambiguous=ambiguous)
+    np.testing.assert_allclose(rep.mAP, reference_wtalc_map(gt_rows, pred_rows, R, thresholds, ambiguous),
+                               atol=1e-9)
+    file_rows = grouped_by_video(pred_rows)
+    neg = [-np.array([p[4] for p in file_rows if p[1] == c and p[0] != "nogt"]) for c in CLASSES]
+    assert any(not np.array_equal(np.argsort(x), np.argsort(x, kind="stable")) for x in neg)

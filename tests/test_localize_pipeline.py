@@ -255,7 +255,8 @@ def _npz(path, **arrays):
     ({"v": np.zeros((4, 3)), "v/score": np.zeros(2), "__classes__": np.array(CLASSES)}, "video scores"),
     ({"v": np.zeros((4, 3)), "__classes__": np.array(CLASSES), "__fps__": np.float64(-1)}, "positive"),
     ({"v": np.zeros((4, 3)), "__classes__": np.array(CLASSES), "__extra__": np.zeros(1)}, "reserved"),
-    ({"v": np.array([[None] * 3], dtype=object), "__classes__": np.array(CLASSES)}, "readable|read an array"),
+    ({"v": np.array([[None] * 3], dtype=object), "__classes__": np.array(CLASSES)},
+     "array 'v' holds Python objects"),
 ])
 def test_bad_cas_files_raise_input_errors(tmp_path, arrays, message):
     path = _npz(tmp_path / "bad.npz", **arrays)
@@ -267,14 +268,76 @@ def test_bad_cas_files_raise_input_errors(tmp_path, arrays, message):
 def test_unreadable_or_missing_cas_files(tmp_path):
     with pytest.raises(WtalInputError, match="not found"):
         read_cas_file(tmp_path / "missing.npz")
-    (tmp_path / "text.npz").write_text("not an archive")
-    with pytest.raises(WtalInputError, match="readable"):
-        read_cas_file(tmp_path / "text.npz")
     with pytest.raises(WtalInputError, match="cannot be stored"):
         write_cas_file(tmp_path / "x.npz", {"a/b": np.zeros((2, 3))}, CLASSES)
     with pytest.raises(WtalInputError, match="no video scores"):
         write_cas_file(tmp_path / "x.npz", {"a": np.zeros((2, 3))}, CLASSES, scores={})
     assert not (tmp_path / "x.npz").exists()
+
+
+def _zip_member_corrupted(path, marker: bytes):
+    """Flip one byte of the stored (uncompressed) data that starts with ``marker``: its CRC no longer matches."""
+    data = bytearray(path.read_bytes())
+    data[data.index(marker) + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(("content", "what"), [
+    (b'{"results": {}}\n', "this is a text file starting with '{\"results\": {}}'"),
+    (b"", "this is an empty file"),
+    (b"\x80\x04\x95 pickled", "this is a Python pickle"),
+    (bytes(range(16)), "this is a binary file of unknown format (first bytes 00 01 02"),
+])
+def test_a_file_that_is_not_an_npz_archive_is_named_for_what_it_is(tmp_path, content, what):
+    path = tmp_path / "cas.npz"
+    path.write_bytes(content)
+    with pytest.raises(WtalInputError) as info:
+        read_cas_file(path)
+    message = str(info.value)
+    assert message.startswith(what) and "not a numpy .npz archive (a zip file of .npy arrays" in message
+    assert info.value.path == str(path) and "wtal predict --cas" in info.value.fix
+    assert "allow_pickle" not in message and "pickle.load" not in message and "unsafe" not in message
+
+
+def test_a_single_npy_array_and_a_truncated_archive(tmp_path):
+    np.save(tmp_path / "one.npy", np.zeros((4, 3)))
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    with pytest.raises(WtalInputError, match="this is a single numpy .npy array, not a numpy .npz") as info:
+        read_cas_file(tmp_path / "one.npz")
+    assert "one array per video" in info.value.fix
+    good = write_cas_file(tmp_path / "good.npz", {"v": np.zeros((40, 3))}, CLASSES)
+    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(WtalInputError, match="damaged or truncated zip archive"):
+        read_cas_file(tmp_path / "cut.npz")
+
+
+def test_an_unreadable_array_is_named_by_its_key(tmp_path):
+    ok = {"good": np.zeros((4, 3)), "__classes__": np.array(CLASSES)}
+    path = _npz(tmp_path / "objects.npz", **ok, clip_7=np.array([[None] * 3], dtype=object))
+    with pytest.raises(WtalInputError, match=r"array 'clip_7' holds Python objects \(dtype object\), not numbers"
+                       ) as info:
+        read_cas_file(path)
+    assert "allow_pickle" not in str(info.value) and "float32" in info.value.fix
+    path = _npz(tmp_path / "names.npz", good=np.zeros((4, 3)), __classes__=np.array(CLASSES, dtype=object))
+    with pytest.raises(WtalInputError, match="array '__classes__' holds Python objects") as info:
+        read_cas_file(path)
+    assert "dtype=str" in info.value.fix
+    path = _zip_member_corrupted(_npz(tmp_path / "crc.npz", **ok, clip_8=np.full((50, 3), 7.25)),
+                                 np.float64(7.25).tobytes() * 4)
+    with pytest.raises(WtalInputError, match=r"array 'clip_8' cannot be read \(Bad CRC-32") as info:
+        read_cas_file(path)
+    assert info.value.path == str(path) and "write the CAS file again" in info.value.fix
+
+
+def test_duplicate_class_names_are_named(tmp_path):
+    path = _npz(tmp_path / "dup.npz", v=np.zeros((4, 5)), __classes__=np.array(["a", "b", "a", "c", "c"]))
+    with pytest.raises(WtalInputError, match=r"duplicate class names in '__classes__': \['a', 'c'\]") as info:
+        read_cas_file(path)
+    assert info.value.path == str(path) and "own class name" in info.value.fix
+    with pytest.raises(WtalInputError, match=r"duplicate class names in '__classes__': \['Run'\]"):
+        write_cas_file(tmp_path / "out.npz", {"v": np.zeros((4, 3))}, ["Run", "Jump", "Run"])
+    assert not (tmp_path / "out.npz").exists()
 
 
 def test_localize_command_writes_activitynet_json(tmp_path, capsys):

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from wtal.errors import WtalInputError
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pred", required=True, help="result JSON (ActivityNet format)")
     s.add_argument("--gt", required=True, help="gt.json, ActivityNet JSON, or a W-TALC annotation folder")
     s.add_argument("--subset", default=None, help="ground-truth subset (default: 'test' if present, else 'validation')")
-    s.add_argument("--tiou", type=_floats, default=None, help="comma-separated tIoU thresholds")
+    s.add_argument("--tiou", default=None, help="comma-separated tIoU thresholds in (0, 1], e.g. 0.1,0.3,0.5")
     s.add_argument("--mode", choices=["anet", "wtalc"], default="anet")
     s.add_argument("--json", dest="json_out", default=None, help="write thresholds, mAP and average here")
     s.set_defaults(_target="wtal.evaluation.command:eval_command")
@@ -104,10 +100,38 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {k: v for k, v in vars(args).items() if k not in ("_target", "command")}
     func = getattr(importlib.import_module(module_name), func_name)
     try:
-        return int(func(**kwargs) or 0)
+        with _warnings_to_stderr(f"wtal {args.command}"):
+            return int(func(**kwargs) or 0)
     except WtalInputError as exc:
         print(f"wtal {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+class _PrefixFormatter(logging.Formatter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.prefix}: {record.levelname.lower()}: {record.getMessage()}"
+
+
+@contextmanager
+def _warnings_to_stderr(prefix: str) -> Iterator[None]:
+    """Warnings of the library's loggers on stderr as ``PREFIX: warning: ...`` while a command runs, unless
+    logging is already configured (by an application, or by a command's own run log, which replaces this)."""
+    package = logging.getLogger("wtal")
+    if package.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_PrefixFormatter(prefix))
+    package.addHandler(handler)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
 
 
 if __name__ == "__main__":

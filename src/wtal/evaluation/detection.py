@@ -5,13 +5,22 @@ score order; each one is matched to the unmatched ground truth of highest tIoU i
 reaches the threshold, else it is a false positive. AP is the area under the interpolated precision envelope
 (VOC 2011), mAP the mean over classes, the average the mean over thresholds.
 
-Tie rules, as in the official code:
+Order and tie rules, as in the official code (which builds a table of the result file and groups it by
+class, keeping row order):
 
-- equal scores: the official order is ``score.argsort()[::-1]``, i.e. a stable ascending sort reversed, so
-  among equal scores the detection that comes *later* in the table is taken first;
-- equal tIoUs: the later-indexed ground truth (table order) is tried first;
-- (numpy's default sort is stable only up to 16 elements, so for larger groups the official tie order is
-  unspecified; these rules are the ones it follows on small inputs, applied everywhere);
+- row order: the result file's order, videos in the order of its ``results`` object and each video's
+  detections in list order (as the evaluator's Python 3 ports read it; the Python 2 original iterates its
+  dictionaries in hash order). ``wtal eval`` reads files in that order; for a :class:`SegmentTable`
+  :func:`detection_map` uses the order of the file :func:`~wtal.evaluation.results.write_results` writes for
+  it: rows grouped by video in order of first appearance, table order within a video;
+- equal scores: each class's detections are visited in the order ``score.argsort()[::-1]``, computed with
+  numpy's default sort on that class's float64 scores in row order, i.e. the official expression itself;
+- equal tIoUs: a detection tries the ground truth of its class and video in the order
+  ``tiou.argsort()[::-1]`` over their tIoUs, ground truth in file order, likewise computed with numpy;
+- numpy's default sort is not stable (an introsort, with SIMD sorting networks on recent x86 CPUs: numpy 2.4
+  on an AVX-512 CPU already reorders equal values in arrays of 8 elements), so the order among equal values
+  is whatever numpy gives for those exact arrays; results equal the official code run with the same numpy on
+  the same kind of CPU;
 - a tIoU equal to the threshold matches (``tIoU >= threshold``), compared in float64 seconds;
 - detections on videos without ground truth of their class (including videos outside the subset) are false
   positives; the blocked-video list that the official code fetches over the network is not used.
@@ -23,13 +32,15 @@ ground truth in the subset are ignored (official: ``KeyError``).
 Reproduced quirk: the tIoU of a zero-length detection and a zero-length ground truth of the same video is
 0/0 = NaN in the official code, whose reversed argsort visits NaN first and which never rejects it
 (``NaN < thr`` is false), so such a pair always matches, before any other ground truth, wherever the two
-points are. It is kept (as tIoU = +inf) so that results stay identical; ActivityNet 1.2 has 10 zero-length
-ground-truth segments.
+points are. It is kept (as tIoU = +inf, and as NaN in the arrays given to the tie sort) so that results stay
+identical; ActivityNet 1.2 has 10 zero-length ground-truth segments.
 
 Speed: the greedy matching is sequential only inside one (class, video) group. Candidate (detection, ground
 truth) pairs with tIoU >= the smallest threshold are found with vectorised range arithmetic; the greedy loop
 then walks only those pairs, once for all thresholds, keeping per ground truth a bit mask of the thresholds at
-which it is already matched.
+which it is already matched. The score order costs one numpy sort per class; the official tIoU order is
+computed only for detections with equal tIoUs among their candidates (elsewhere the values decide), batched
+as one row-wise sort per group size (numpy sorts each row exactly as it sorts that row alone).
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ import numpy as np
 
 from wtal.data.segments import SegmentTable
 from wtal.errors import WtalInputError
+from wtal.evaluation.results import result_file_order
 
 THUMOS14_TIOU = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 ACTIVITYNET_TIOU = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
@@ -85,32 +97,62 @@ def detection_map(gt: SegmentTable, pred: SegmentTable, thresholds: Sequence[flo
                   ) -> DetectionReport:
     """Detection mAP of ``pred`` against ``gt`` (the ground truth of the evaluated subset only).
 
-    Identical to the official ActivityNet evaluator (see the module docstring for tie rules). Segments are in
-    seconds; ``pred`` may use a different class list than ``gt``: labels are matched by name.
+    Identical to the official ActivityNet evaluator (see the module docstring for the order and tie rules).
+    Segments are in seconds; ``pred`` may use a different class list than ``gt``: labels are matched by name.
     """
     thr = check_thresholds(thresholds)
     check_segments(gt, "ground truth")
     check_segments(pred, "detections")
+    pred = pred.select(result_file_order(pred.video))
     eval_classes, gt_cls, det_cls = evaluated_classes(gt, pred)
-    keep = det_cls >= 0  # classes without ground truth in the subset are not evaluated
-    det_cls = det_cls[keep]
-    det_start, det_end, det_score = pred.start[keep], pred.end[keep], pred.score[keep]
-    gt_vid, det_vid = video_ids(gt.video, pred.video[keep])
+    # Classes without ground truth in the subset are not evaluated; the others in the official visit order.
+    score = np.asarray(pred.score, dtype=np.float64)
+    visit = class_visit_order(det_cls, len(eval_classes),
+                              lambda rows: rows[np.argsort(score[rows])[::-1]])
+    det_cls, det_start, det_end = det_cls[visit], pred.start[visit], pred.end[visit]
+    gt_vid, det_vid = video_ids(gt.video, pred.video[visit])
+    det_key, gt_key = group_keys(det_cls, det_vid, gt_vid), group_keys(gt_cls, gt_vid, gt_vid)
 
-    # Official order: score.argsort()[::-1] per class, i.e. descending score, ties -> later row first.
-    n_det = len(det_cls)
-    order = np.lexsort((-np.arange(n_det), -det_score, det_cls))
-    rank = np.empty(n_det, dtype=np.int64)
-    rank[order] = np.arange(n_det)
+    def tiou(d: np.ndarray, g: np.ndarray, both_empty: float = np.inf) -> np.ndarray:
+        return interval_iou(det_start[d], det_end[d], gt.start[g], gt.end[g], both_empty=both_empty)
 
-    def tiou(d: np.ndarray, g: np.ndarray) -> np.ndarray:
-        return interval_iou(det_start[d], det_end[d], gt.start[g], gt.end[g], both_empty=np.inf)
+    def official_tie_order(d: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return official_tiou_positions(d, g, det_key, gt_key, lambda dd, gg: tiou(dd, gg, np.nan))
 
-    tp = greedy_match(group_keys(det_cls, det_vid, gt_vid), group_keys(gt_cls, gt_vid, gt_vid), rank, tiou,
-                      thr, n_gt=len(gt), later_gt_first=True)
+    tp = greedy_match(det_key, gt_key, tiou, thr, n_gt=len(gt), tie_order=official_tie_order)
     npos = np.bincount(gt_cls, minlength=len(eval_classes))
-    ap = class_aps(tp, order, det_cls, npos)
+    ap = class_aps(tp, det_cls, npos)
     return build_report(thr, ap, [gt.classes[c] for c in eval_classes])
+
+
+def official_tiou_positions(det: np.ndarray, gt: np.ndarray, det_key: np.ndarray, gt_key: np.ndarray,
+                            tiou_fn) -> np.ndarray:
+    """Position of each pair's ground truth in its detection's official visit order.
+
+    The official code visits the ground truth of a detection's (class, video) group in the order
+    ``tiou.argsort()[::-1]``, ``tiou`` over the whole group in ground-truth table order (``tiou_fn`` must give
+    the official values, NaN for 0/0). Groups of equal size are sorted together, row-wise: numpy sorts each
+    row of a 2-D array exactly as it sorts that row on its own.
+    """
+    gt_sorted = np.argsort(gt_key, kind="stable")  # each group contiguous, in table order
+    keys = gt_key[gt_sorted]
+    slot = np.empty(len(gt_key), dtype=np.int64)
+    slot[gt_sorted] = np.arange(len(gt_key))
+    dets, pair_det = np.unique(det, return_inverse=True)
+    lo = np.searchsorted(keys, det_key[dets], "left")
+    size = np.searchsorted(keys, det_key[dets], "right") - lo
+    offset = np.cumsum(size) - size  # each distinct detection's positions, flat
+    position = np.empty(int(size.sum()), dtype=np.int64)
+    for s in np.unique(size).tolist():
+        rows = np.flatnonzero(size == s)
+        for part in np.array_split(rows, max(1, len(rows) * s // _MAX_PAIRS_PER_CHUNK)):
+            members = gt_sorted[lo[part][:, None] + np.arange(s)]
+            values = tiou_fn(np.repeat(dets[part], s), members.ravel()).reshape(len(part), s)
+            visit = np.argsort(values, axis=1)[:, ::-1]
+            rank = np.empty_like(visit)
+            np.put_along_axis(rank, visit, np.broadcast_to(np.arange(s), visit.shape), axis=1)
+            position[offset[part][:, None] + np.arange(s)] = rank
+    return position[offset[pair_det] + slot[gt] - lo[pair_det]]
 
 
 # --- shared by both evaluators ---------------------------------------------------------------------------
@@ -229,13 +271,26 @@ def candidate_pairs(det_key: np.ndarray, gt_key: np.ndarray,
         first = last
 
 
-def greedy_match(det_key: np.ndarray, gt_key: np.ndarray, rank: np.ndarray, iou_fn, thresholds: np.ndarray,
-                 *, n_gt: int, later_gt_first: bool) -> np.ndarray:
+def class_visit_order(det_cls: np.ndarray, n_classes: int, order_rows) -> np.ndarray:
+    """Detection indices grouped by class (increasing index), each class in its visit order.
+
+    ``det_cls`` is each detection's evaluated class (-1: not evaluated, left out). ``order_rows(rows)`` gets the
+    indices of one class's detections in row order and returns them in visit order (it may drop some).
+    """
+    by_class = np.argsort(det_cls, kind="stable")
+    bounds = np.searchsorted(det_cls[by_class], np.arange(n_classes + 1))
+    parts = [order_rows(by_class[bounds[c]:bounds[c + 1]]) for c in range(n_classes)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def greedy_match(det_key: np.ndarray, gt_key: np.ndarray, iou_fn, thresholds: np.ndarray, *, n_gt: int,
+                 tie_order) -> np.ndarray:
     """Greedy one-to-one matching; returns the true-positive matrix ``(n_thresholds, n_det)`` (bool).
 
-    Detections are processed in increasing ``rank``; each takes the unmatched ground truth of its group with
-    the highest IoU >= threshold (ties: the later ground-truth index if ``later_gt_first``, else the earlier).
-    ``iou_fn(det_idx, gt_idx)`` gives the IoU of index pairs.
+    Detections are processed in index order (give them in visit order); each takes the unmatched ground
+    truth of its group with the highest IoU >= threshold. ``iou_fn(det_idx, gt_idx)`` gives the IoU of index
+    pairs. Among equal IoUs of one detection the pair with the lowest ``tie_order(det_idx, gt_idx)`` comes
+    first; it is called only with the pairs of such ties, which are rare outside synthetic grids.
     """
     n_det = len(det_key)
     unique_thr, thr_pos = np.unique(thresholds, return_inverse=True)
@@ -249,9 +304,18 @@ def greedy_match(det_key: np.ndarray, gt_key: np.ndarray, rank: np.ndarray, iou_
     det = np.concatenate(dets) if dets else np.zeros(0, np.int64)
     gt = np.concatenate(gts) if gts else np.zeros(0, np.int64)
     iou = np.concatenate(ious) if ious else np.zeros(0)
-    # Visit order: detection rank, then decreasing IoU, then the ground-truth tie rule.
-    visit = np.lexsort((-gt if later_gt_first else gt, -iou, rank[det]))
+    # Visit order: detection, then decreasing IoU, then the tie rule among equal IoUs.
+    visit = np.lexsort((-iou, det))
     det, gt, iou = det[visit], gt[visit], iou[visit]
+    same = (det[1:] == det[:-1]) & (iou[1:] == iou[:-1])
+    if same.any():
+        tied = np.zeros(len(det), dtype=bool)
+        tied[1:] |= same
+        tied[:-1] |= same
+        key = np.zeros(len(det), dtype=np.int64)
+        key[tied] = tie_order(det[tied], gt[tied])
+        visit = np.lexsort((key, -iou, det))
+        det, gt, iou = det[visit], gt[visit], iou[visit]
     # Number of (sorted, unique) thresholds each pair passes: thresholds t with t <= iou.
     n_pass = np.searchsorted(unique_thr, iou, side="right")
 
@@ -308,11 +372,10 @@ def interpolated_ap(tp: np.ndarray, npos: int) -> np.ndarray:
     return np.sum((mrec[:, 1:] - mrec[:, :-1]) * envelope[:, 1:], axis=1)
 
 
-def class_aps(tp: np.ndarray, order: np.ndarray, det_cls: np.ndarray, npos: np.ndarray) -> np.ndarray:
-    """AP ``(n_thr, n_classes)`` from the TP matrix; ``order`` sorts detections by class, then visit order."""
-    tp_sorted = tp[:, order]
-    bounds = np.searchsorted(det_cls[order], np.arange(len(npos) + 1))
-    return np.stack([interpolated_ap(tp_sorted[:, bounds[c]:bounds[c + 1]], int(npos[c]))
+def class_aps(tp: np.ndarray, det_cls: np.ndarray, npos: np.ndarray) -> np.ndarray:
+    """AP ``(n_thr, n_classes)`` from the TP matrix of detections grouped by class, each class in visit order."""
+    bounds = np.searchsorted(det_cls, np.arange(len(npos) + 1))
+    return np.stack([interpolated_ap(tp[:, bounds[c]:bounds[c + 1]], int(npos[c]))
                      for c in range(len(npos))], axis=1) if len(npos) else np.zeros((tp.shape[0], 0))
 
 

@@ -8,8 +8,9 @@
 
 Writing is atomic and keeps full float precision. Reading validates every entry (finite numbers, end >= start,
 known labels) and raises :class:`WtalInputError` naming the file, the video and the fix; ``version`` and
-``external_data`` may be missing on reading. Rows come back grouped by video in file order, which is the
-order the official evaluator sees (it matters for equal scores).
+``external_data`` may be missing on reading. Rows come back in file order (videos in the order of the
+``results`` object, each video's detections in list order), which is the order the official evaluator sees
+(it decides the order among equal scores); a table is written grouped by video (:func:`result_file_order`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ def results_to_json(table: SegmentTable, external_data: dict | None = None,
         results.setdefault(str(video), []).append({"label": names[label], "score": score,
                                                    "segment": [start, end]})
     return {"version": version, "results": results, "external_data": dict(external_data or {})}
+
+
+def result_file_order(video: np.ndarray) -> np.ndarray:
+    """Row indices in the order of the result file written for a table with this ``video`` column.
+
+    Rows are grouped by video in order of first appearance, in table order within a video (as
+    :func:`results_to_json` writes them); the identity when the table is already grouped by video.
+    """
+    first: dict = {}
+    code = np.fromiter((first.setdefault(v, len(first)) for v in video), dtype=np.int64, count=len(video))
+    if np.all(code[1:] >= code[:-1]):
+        return np.arange(len(video))
+    return np.argsort(code, kind="stable")
 
 
 def write_results(path: str | Path, table: SegmentTable, external_data: dict | None = None,

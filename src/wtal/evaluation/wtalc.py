@@ -1,23 +1,28 @@
 """Compatibility mode: the snippet-grid detection mAP of the W-TALC family (RSKP, GauFuse, MMSD).
 
 Use it only to compare with numbers published from those code bases; :func:`detection_map` is the standard.
-It reproduces their ``getLocMAP`` evaluator (reference-notes §5.1, §9.5), including its quirks:
+It reproduces their evaluator (``getActLoc`` and ``getLocMAP`` in ``detectionMAP.py``), including its quirks:
 
 - everything is compared as integer snippet sets: ground truth ``[round(ts·r), round(te·r))`` with Python 3
   ``round`` (half to even, so e.g. ``[1.0, 1.5]`` s becomes an empty range at r = 25/16 and can never be
   matched, yet still counts as a positive), detections ``[int(s·r), int(e·r))`` (truncation);
 - IoU = ``|P ∩ G| / |P ∪ G|`` as one ``int / int`` division, matched when ``>= threshold``;
 - each detection takes the remaining ground truth of highest IoU in its video, ties to the *first* in list
-  order (the official ActivityNet code takes the last);
+  order (the official ActivityNet code follows its tIoU sort);
+- detection order: per class, the detections in row order (the result file's order, see
+  :mod:`wtal.evaluation.detection`) are sorted with ``np.argsort(-score)``, those overlapping Ambiguous
+  segments dropped, and the rest sorted again with ``np.argsort(-score)``, as the reference does; numpy's
+  default sort is not stable, so equal scores come in whatever order numpy gives for those exact arrays.
+  The reference gathers a class's detections video by video in test-loader order; a result file in that
+  order gives its tie order;
 - **Ambiguous filtering**: before matching, every detection whose snippet range overlaps an "Ambiguous"
   segment of its video (any class) is dropped, which removes false positives;
 - detections on videos without ground truth are dropped (not counted as false positives);
 - AP from the same interpolated precision envelope; mAP = mean over the classes with ground truth.
 
-Choices where the reference is unspecified or crashes: equal scores keep table order (the reference uses an
-unstable quicksort); a detection range and a ground-truth range that are both empty have IoU 0 (the
-reference divides by zero). Detection boundaries within 1e-6 snippets of an integer are snapped to it before
-truncation, so integer snippet boundaries survive the round trip through seconds.
+Choices where the reference crashes: a detection range and a ground-truth range that are both empty have
+IoU 0 (the reference divides by zero). Detection boundaries within 1e-6 snippets of an integer are snapped to
+it before truncation, so integer snippet boundaries survive the round trip through seconds.
 
 ``empty_class_zero=True`` reproduces the reference's ``return 0`` bug: when any evaluated class has no
 detection left (after the Ambiguous filter), the mAP at every threshold is reported as 0. It is off by
@@ -39,12 +44,14 @@ from wtal.evaluation.detection import (
     check_segments,
     check_thresholds,
     class_aps,
+    class_visit_order,
     evaluated_classes,
     greedy_match,
     group_keys,
     interval_iou,
     video_ids,
 )
+from wtal.evaluation.results import result_file_order
 
 _SNAP = 1e-6  # snippets
 
@@ -95,21 +102,25 @@ def wtalc_detection_map(gt: SegmentTable, pred: SegmentTable, snippets_per_secon
     thr = check_thresholds(thresholds)
     check_segments(gt, "ground truth")
     check_segments(pred, "detections")
+    pred = pred.select(result_file_order(pred.video))
     eval_classes, gt_cls, det_cls = evaluated_classes(gt, pred)
     gt_vid, det_vid = video_ids(gt.video, pred.video)
     det_start, det_end = detection_snippet_range(pred.start, pred.end, snippets_per_second)
-    keep = (det_cls >= 0) & (det_vid >= 0)
+    det_cls = np.where(det_vid >= 0, det_cls, -1)  # the reference never sees videos without ground truth
+    dropped = np.zeros(len(pred), dtype=bool)
     if ambiguous:
-        keep &= ~ambiguous_mask(pred.video, det_start, det_end, ambiguous, snippets_per_second)
-    det_cls, det_vid = det_cls[keep], det_vid[keep]
-    det_start, det_end, det_score = det_start[keep], det_end[keep], pred.score[keep]
-    gt_start, gt_end = gt_snippet_range(gt.start, gt.end, snippets_per_second)
+        dropped = ambiguous_mask(pred.video, det_start, det_end, ambiguous, snippets_per_second)
+    neg_score = -np.asarray(pred.score, dtype=np.float64)
 
-    # Decreasing score; equal scores keep table order (the reference's quicksort leaves them unspecified).
-    n_det = len(det_cls)
-    order = np.lexsort((np.arange(n_det), -det_score, det_cls))
-    rank = np.empty(n_det, dtype=np.int64)
-    rank[order] = np.arange(n_det)
+    def reference_order(rows: np.ndarray) -> np.ndarray:
+        # Sorted by -score (numpy's default sort), Ambiguous detections dropped, sorted by -score again.
+        rows = rows[np.argsort(neg_score[rows])]
+        rows = rows[~dropped[rows]]
+        return rows[np.argsort(neg_score[rows])]
+
+    visit = class_visit_order(det_cls, len(eval_classes), reference_order)
+    det_cls, det_vid, det_start, det_end = det_cls[visit], det_vid[visit], det_start[visit], det_end[visit]
+    gt_start, gt_end = gt_snippet_range(gt.start, gt.end, snippets_per_second)
 
     def snippet_iou(d: np.ndarray, g: np.ndarray) -> np.ndarray:
         # Empty ranges have length 0, not a negative one.
@@ -117,10 +128,10 @@ def wtalc_detection_map(gt: SegmentTable, pred: SegmentTable, snippets_per_secon
         gs, ge = gt_start[g], np.maximum(gt_end[g], gt_start[g])
         return interval_iou(ds, de, gs, ge)
 
-    tp = greedy_match(group_keys(det_cls, det_vid, gt_vid), group_keys(gt_cls, gt_vid, gt_vid), rank,
-                      snippet_iou, thr, n_gt=len(gt), later_gt_first=False)
+    tp = greedy_match(group_keys(det_cls, det_vid, gt_vid), group_keys(gt_cls, gt_vid, gt_vid), snippet_iou, thr,
+                      n_gt=len(gt), tie_order=lambda d, g: g)  # equal IoUs: the first ground truth in list order
     npos = np.bincount(gt_cls, minlength=len(eval_classes))
-    ap = class_aps(tp, order, det_cls, npos)
+    ap = class_aps(tp, det_cls, npos)
     override = None
     if empty_class_zero and np.any(np.bincount(det_cls, minlength=len(eval_classes)) == 0):
         override = np.zeros(len(thr))

@@ -22,6 +22,8 @@ Video names must not start with ``__`` or contain ``/``. Snippet ``t`` covers se
 from __future__ import annotations
 
 import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,12 +37,19 @@ CLASSES_KEY = "__classes__"
 FPS_KEY = "__fps__"
 SCORE_SUFFIX = "/score"
 
+EXPECTED = "a numpy .npz archive (a zip file of .npy arrays, as numpy.savez writes)"
+WRITE_FIX = "pass the CAS file written by 'wtal predict --cas', or write one with numpy.savez (see the CAS file format)"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local file header; an empty zip's end record
+_NPY_MAGIC = b"\x93NUMPY"
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
 
 def write_cas_file(path: str | Path, cas: Mapping[str, np.ndarray], classes: Sequence[str],
                    snippets_per_second: float = I3D_SNIPPETS_PER_SECOND,
                    scores: Mapping[str, np.ndarray] | None = None) -> Path:
     """Validate and write a CAS file atomically; returns its path."""
     classes = [str(c) for c in classes]
+    _check_unique(classes, path)
     arrays: dict[str, np.ndarray] = {}
     for name, video_cas in cas.items():
         if name.startswith("__") or "/" in name:
@@ -67,20 +76,7 @@ def read_cas_file(path: str | Path
     if not path.is_file():
         raise WtalInputError("CAS file not found", path=path,
                              fix="pass the .npz written by 'wtal predict --cas'")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise WtalInputError(f"not a readable .npz archive ({exc})", path=path,
-                             fix="write the CAS file with numpy.savez (see the CAS file format)") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise WtalInputError("expected an .npz archive, found a single array", path=path,
-                             fix="store one array per video in an .npz (numpy.savez)")
-    with archive:
-        try:
-            entries = {key: archive[key] for key in archive.files}
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise WtalInputError(f"cannot read an array ({exc})", path=path,
-                                 fix="store numeric arrays and a str array of class names") from exc
+    entries = _read_arrays(path)
     if CLASSES_KEY not in entries:
         raise WtalInputError(f"missing {CLASSES_KEY!r} (the class names)", path=path,
                              fix=f"add {CLASSES_KEY}=np.array([...class names...]) in CAS column order")
@@ -89,6 +85,7 @@ def read_cas_file(path: str | Path
         raise WtalInputError(f"{CLASSES_KEY!r} must be a 1-D array of strings, got {names.dtype} "
                              f"{names.shape}", path=path)
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
+    _check_unique(classes, path)
     rate = I3D_SNIPPETS_PER_SECOND
     if FPS_KEY in entries:
         fps = entries.pop(FPS_KEY)
@@ -119,6 +116,82 @@ def read_cas_file(path: str | Path
                              path=path, video=missing[0], fix="give VIDEO/score for every video, or for none")
     scores = {v: _check_scores(entries[v + SCORE_SUFFIX], len(classes), path, v) for v in cas}
     return cas, scores, classes, rate
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the archive at ``path``, by key; WtalInputError saying what the file or key is."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head.startswith(_ZIP_MAGIC):
+        fix = ("store one array per video in an .npz (numpy.savez)" if head.startswith(_NPY_MAGIC)
+               else WRITE_FIX)
+        raise WtalInputError(f"this is {describe_content(head)}, not {EXPECTED}", path=path, fix=fix)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise WtalInputError(f"this is a damaged or truncated zip archive, not a readable .npz ({exc})",
+                             path=path, fix=WRITE_FIX) from None
+    with archive:
+        entries = {}
+        for key in archive.files:
+            try:
+                entries[key] = archive[key]
+            except _READ_ERRORS as exc:
+                raise _unreadable_array(archive, key, exc, path) from None
+    return entries
+
+
+def describe_content(head: bytes) -> str:
+    """What a file that starts with ``head`` (its first bytes) is, in words, e.g. 'a text file starting with ...'."""
+    if not head:
+        return "an empty file"
+    if head.startswith(_NPY_MAGIC):
+        return "a single numpy .npy array"
+    for magic, what in ((b"\x80", "a Python pickle"), (b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
+                        (b"\x1f\x8b", "a gzip file")):
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # maybe a character cut at the end of the excerpt
+        text = head[:exc.start].decode("utf-8") if exc.start >= len(head) - 3 else ""
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        first_line = text.strip().splitlines()[0] if text.strip() else ""
+        return f"a text file starting with {first_line[:40]!r}"
+    return f"a binary file of unknown format (first bytes {head[:8].hex(' ')})"
+
+
+def _unreadable_array(archive, key: str, exc: Exception, path: Path) -> WtalInputError:
+    """The error for an archive member that numpy cannot load without pickle, or at all."""
+    dtype = _member_dtype(archive, key)
+    if (dtype is not None and dtype.hasobject) or "pickle" in str(exc).lower():
+        what = "class names" if key == CLASSES_KEY else "numbers"
+        fix = ("store the class names as a str array: np.array(names, dtype=str)" if key == CLASSES_KEY
+               else "store numeric arrays, e.g. np.asarray(cas, dtype=np.float32)")
+        return WtalInputError(f"array {key!r} holds Python objects (dtype object), not {what}", path=path,
+                              fix=fix)
+    return WtalInputError(f"array {key!r} cannot be read ({exc})", path=path,
+                          fix="the archive is damaged: write the CAS file again (wtal predict --cas, numpy.savez)")
+
+
+def _member_dtype(archive, key: str) -> np.dtype | None:
+    """The dtype in the .npy header of archive member ``key``; None when the header cannot be read."""
+    member = key + ".npy" if key + ".npy" in archive.zip.namelist() else key
+    try:
+        with archive.zip.open(member) as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            return read_header(fh)[2]
+    except _READ_ERRORS:
+        return None
+
+
+def _check_unique(classes: list[str], path) -> None:
+    repeated = [c for c, n in Counter(classes).items() if n > 1]
+    if repeated:
+        raise WtalInputError(f"duplicate class names in {CLASSES_KEY!r}: {repeated}", path=path,
+                             fix="give every CAS column its own class name")
 
 
 def _check_cas(x, n_classes: int, path, video: str) -> np.ndarray:
