@@ -63,6 +63,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +326,41 @@ def _join(where: str, name: str) -> str:
 # loading, overrides, rescaling
 
 
+def shipped_config_names() -> list[str]:
+    """Names of the configs that ship with wtal (``wtal/configs/*.yaml``, the repository's ``configs/``)."""
+    return sorted(p.stem for p in _shipped_folder().glob("*.yaml"))
+
+
+def shipped_config(name: str) -> Path:
+    """The shipped config ``name`` (``rskp`` or ``rskp.yaml``); an unknown name lists the shipped ones."""
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    path = _shipped_folder() / f"{stem}.yaml"
+    if not path.is_file():
+        raise WtalInputError(f"no config file {name!r} and no shipped config of that name",
+                             fix=f"pass a YAML file path, or one of the shipped configs: "
+                                 f"{', '.join(shipped_config_names())}")
+    return path
+
+
+def config_path(config: str | Path) -> Path:
+    """The YAML file of ``--config``: an existing path, else the shipped config of that bare name.
+
+    A file in the working directory wins over a shipped config of the same name.
+    """
+    path = Path(config)
+    if path.is_file():
+        return path
+    if path.name == str(config):  # a bare name ("rskp", "rskp.yaml"); "./rskp" is a path
+        return shipped_config(str(config))
+    raise WtalInputError("config file not found", path=path,
+                         fix=f"pass an existing YAML file, or the name of a shipped config: "
+                             f"{', '.join(shipped_config_names())}")
+
+
+def _shipped_folder() -> Path:
+    return Path(str(resources.files("wtal") / "configs"))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -463,7 +499,9 @@ def rescale_epochs(tree: dict[str, Any], epochs: int) -> dict[str, Any]:
 def resolve_config(path: str | Path, *, overrides: list[str] | tuple[str, ...] = (),
                    epochs: int | None = None, seed: int | None = None,
                    data_path: str | Path | None = None) -> RunConfig:
-    """Load a YAML config, fill the defaults, rescale to ``epochs``, apply ``--set`` and the seed."""
+    """Load a YAML config (a path or a shipped config's name, see :func:`config_path`), fill the defaults,
+    rescale to ``epochs``, apply ``--set`` and the seed."""
+    path = config_path(path)
     tree = from_dict(load_yaml(path), source=path).to_dict()
     if epochs is not None:
         tree = rescale_epochs(tree, epochs)
