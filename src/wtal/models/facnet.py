@@ -31,19 +31,20 @@ from wtal.models.base import ModelOutput
 from wtal.models.losses import normalized_cross_entropy, with_background
 from wtal.models.masked import l2_normalize, masked_fill_zero, masked_softmax
 from wtal.models.recipes import PostprocessDefaults, arange_grid, parse_hyperparameters
+from wtal.ranges import BELOW_ONE, COUNT, NON_NEGATIVE, POSITIVE, in_range
 
 
 @dataclass(frozen=True)
 class FACNetHyperparameters:
     two_stream: bool = True
-    embed_dim: int | None = None  # None -> the stream's input width (1024 per stream on I3D)
-    dropout: float = 0.5
-    scale: float = 5.0
-    temperatures: tuple[float, ...] = (1.0, 2.0, 5.0)
-    cw_weight: float = 1.0
-    ca_weight: float = 0.1
-    mil_weight: float = 0.1
-    test_stream_weights: tuple[float, float] = (0.5, 0.5)  # RGB, flow
+    embed_dim: int | None = in_range(None, COUNT)  # None -> the stream's input width (1024 per stream on I3D)
+    dropout: float = in_range(0.5, BELOW_ONE)
+    scale: float = in_range(5.0, POSITIVE)
+    temperatures: tuple[float, ...] = in_range((1.0, 2.0, 5.0), POSITIVE)
+    cw_weight: float = in_range(1.0, NON_NEGATIVE)
+    ca_weight: float = in_range(0.1, NON_NEGATIVE)
+    mil_weight: float = in_range(0.1, NON_NEGATIVE)
+    test_stream_weights: tuple[float, float] = in_range((0.5, 0.5), NON_NEGATIVE)  # RGB, flow
 
 
 class FACNetStream(nn.Module):

@@ -5,13 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from wtal.errors import WtalInputError
-from wtal.models.basnet import BaSNet
-from wtal.models.facnet import FACNet
-from wtal.models.mil import MILModel
-from wtal.models.recipes import PostprocessDefaults
-from wtal.models.rskp import RSKP
-from wtal.models.stpn import STPN
-from wtal.models.wum import WUM
+from wtal.models.basnet import BaSNet, BaSNetHyperparameters
+from wtal.models.facnet import FACNet, FACNetHyperparameters
+from wtal.models.mil import MILHyperparameters, MILModel
+from wtal.models.recipes import PostprocessDefaults, parse_hyperparameters
+from wtal.models.rskp import RSKP, RSKPHyperparameters
+from wtal.models.stpn import STPN, STPNHyperparameters
+from wtal.models.wum import WUM, WUMHyperparameters
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "rskp": RSKP,
@@ -22,6 +22,15 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "mil": MILModel,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
+# each model's hyperparameter dataclass, so a config is checked before any data is read or model built
+HYPERPARAMETERS: dict[str, type] = {
+    "rskp": RSKPHyperparameters,
+    "stpn": STPNHyperparameters,
+    "basnet": BaSNetHyperparameters,
+    "wum": WUMHyperparameters,
+    "facnet": FACNetHyperparameters,
+    "mil": MILHyperparameters,
+}
 
 
 def model_class(name: str) -> type[nn.Module]:
@@ -30,6 +39,12 @@ def model_class(name: str) -> type[nn.Module]:
     if key not in MODEL_CLASSES:
         raise WtalInputError(f"unknown model name '{name}'", fix=f"use one of: {', '.join(MODEL_NAMES)}")
     return MODEL_CLASSES[key]
+
+
+def check_hyperparameters(name: str, params: dict) -> None:
+    """Raise :class:`WtalInputError` for an unknown model, an unknown hyperparameter or a value out of range."""
+    model_class(name)
+    parse_hyperparameters(HYPERPARAMETERS[name.strip().lower()], name, params)
 
 
 def build_model(name: str, input_dim: int, num_classes: int, **params) -> nn.Module:

@@ -9,6 +9,7 @@ is ``softmax(logits)[:, :C]`` per snippet.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,21 +18,31 @@ from wtal.data.batch import Batch
 from wtal.models.base import ModelOutput
 from wtal.models.losses import normalized_cross_entropy, with_background
 from wtal.models.masked import masked_topk_mean, topk_count
+from wtal.models.recipes import parse_hyperparameters
+from wtal.ranges import BELOW_ONE, COUNT, DIVISOR, in_range
+
+
+@dataclass(frozen=True)
+class MILHyperparameters:
+    embed_dim: int | None = in_range(None, COUNT)  # None -> input_dim
+    dropout: float = in_range(0.6, BELOW_ONE)
+    topk_ratio: float = in_range(8.0, DIVISOR)  # k = T // topk_ratio snippets
 
 
 class MILModel(nn.Module):
-    """Top-k MIL with a background class (the "plain top-k MIL baseline")."""
+    """Top-k MIL with a background class (the "plain top-k MIL baseline");
+    ``MILModel(input_dim, num_classes, **MILHyperparameters fields)``."""
 
-    def __init__(self, input_dim: int, num_classes: int, *, embed_dim: int | None = None,
-                 dropout: float = 0.6, topk_ratio: float = 8.0):
+    def __init__(self, input_dim: int, num_classes: int, **hyperparameters):
         super().__init__()
         if input_dim < 1 or num_classes < 1:
             raise ValueError(f"MILModel needs input_dim >= 1 and num_classes >= 1, "
                              f"got {input_dim}, {num_classes}")
+        hp = parse_hyperparameters(MILHyperparameters, "mil", hyperparameters)
         self.num_classes = num_classes
-        self.topk_ratio = float(topk_ratio)
-        embed_dim = input_dim if embed_dim is None else int(embed_dim)
-        self.embedding = nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.topk_ratio = float(hp.topk_ratio)
+        embed_dim = hp.embed_dim or input_dim
+        self.embedding = nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU(), nn.Dropout(hp.dropout))
         self.classifier = nn.Linear(embed_dim, num_classes + 1)
         for layer in (self.embedding[0], self.classifier):
             nn.init.xavier_uniform_(layer.weight)
