@@ -315,3 +315,38 @@ def test_learning_rate_schedules():
     cfg = from_dict({"optim": {"lr": 2.0, "schedule": {"warmup_epochs": 2}}})
     # 2 epochs of 5 steps: linear ramp over 10 steps, then constant
     assert [learning_rate(cfg.optim, 0, s, 5) for s in (0, 4, 9, 10, 50)] == [0.2, 1.0, 2.0, 2.0, 2.0]
+
+
+# ------------------------------------------------------------------------------- shipped configs by name
+
+
+def test_shipped_config_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    by_path = resolve_config(CONFIGS / "rskp_gaufuse.yaml")
+    assert resolve_config("rskp_gaufuse") == by_path == resolve_config("rskp_gaufuse.yaml")
+    assert resolve_config("mil", epochs=4).train.epochs == 4
+
+
+def test_a_local_file_wins_over_the_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "model: {name: mil}\n").rename(tmp_path / "rskp.yaml")
+    assert resolve_config("rskp.yaml").model.name == "mil"
+    assert resolve_config("rskp").model.name == "rskp"  # no file named "rskp": the shipped config
+
+
+@pytest.mark.parametrize("name", ["rskpp", "rskp.yml", "../rskp"])
+def test_unknown_config_name_lists_the_shipped_ones(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WtalInputError) as info:
+        resolve_config(name)
+    for shipped in ("rskp", "rskp_gaufuse", "mil", "anet13_wum"):
+        assert f" {shipped}," in info.value.fix or info.value.fix.endswith(f" {shipped}")
+
+
+def test_the_repository_configs_folder_is_the_shipped_one():
+    from wtal.engine.config import shipped_config, shipped_config_names
+
+    names = shipped_config_names()
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == set(names)
+    assert shipped_config("rskp").resolve() == (CONFIGS / "rskp.yaml").resolve()
+    assert (CONFIGS / "README.md").is_file()

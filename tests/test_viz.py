@@ -1,8 +1,11 @@
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wtal.data.segments import SegmentTable
-from wtal.viz.timeline import classes_to_show, plot_timeline
+from wtal.viz.timeline import SCORE_CMAP, assign_lanes, classes_to_show, draw_timeline, plot_timeline
 
 CLASSES = ["A", "B", "C"]
 
@@ -36,3 +39,81 @@ def test_plot_timeline_failure_leaves_no_file(tmp_path):
         plot_timeline(tmp_path / "bad.png", "v", CLASSES, 1.5625, gt, pred, cas=np.zeros((4, 1)))
     assert not (tmp_path / "bad.png").exists()
     assert not list(tmp_path.glob(".*"))
+
+
+# ------------------------------------------------------------------------------ prediction lanes
+
+
+def test_assign_lanes_hand_solved():
+    # a=[0,2) b=[1,3) c=[2,4) d=[3,5) e=[0,5): three intervals cover t=1.5, so three lanes are needed.
+    # In start order a, e, b take lanes 0, 1, 2; c starts when a ends (lane 0 free), d when b ends (lane 2).
+    start, end = np.array([0, 1, 2, 3, 0.0]), np.array([2, 3, 4, 5, 5.0])
+    assert assign_lanes(start, end).tolist() == [0, 2, 0, 2, 1]
+
+
+def test_touching_boxes_share_a_lane_and_no_boxes_need_no_lane():
+    assert assign_lanes(np.array([2.0, 0.0, 1.0]), np.array([3.0, 1.0, 2.0])).tolist() == [0, 0, 0]
+    assert assign_lanes(np.zeros(0), np.zeros(0)).tolist() == []
+
+
+def _depth(start: np.ndarray, end: np.ndarray) -> int:
+    """The largest number of intervals containing one instant (the fewest lanes possible)."""
+    return max((int(np.sum((start <= t) & (t < end))) for t in start), default=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(1, 10)), max_size=25))
+def test_assign_lanes_never_overlaps_and_uses_the_fewest_lanes(boxes):
+    start = np.array([s for s, _ in boxes], dtype=float)
+    end = np.array([s + n for s, n in boxes], dtype=float)
+    lanes = assign_lanes(start, end)
+    for lane in set(lanes.tolist()):
+        i = np.flatnonzero(lanes == lane)
+        order = i[np.argsort(start[i])]
+        assert np.all(end[order][:-1] <= start[order][1:]), "two boxes of one lane overlap"
+    assert len(set(lanes.tolist())) == _depth(start, end)
+    assert set(lanes.tolist()) == set(range(len(set(lanes.tolist())))), "lanes are numbered 0, 1, ..."
+
+
+# ------------------------------------------------------------------------------------- the figure
+
+
+def _overlapping():
+    gt = SegmentTable.from_rows(CLASSES, [("v", "A", 1.0, 4.0, 1.0)])
+    rows = [("v", "A", 0.0, 3.0, 0.2), ("v", "A", 1.0, 5.0, 0.9), ("v", "A", 2.0, 6.0, 0.5), ("v", "A", 6.0, 7.0, 0.4)]
+    return gt, SegmentTable.from_rows(CLASSES, rows)
+
+
+def test_timeline_figure_has_labelled_axes_lanes_and_a_score_colorbar():
+    gt, pred = _overlapping()
+    cas = np.random.default_rng(0).random((12, 3))
+    fig = draw_timeline("v", CLASSES, 1.0, gt, pred, cas=cas, pseudo=cas > 0.5, duration=8.0)
+    try:
+        (bar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+        assert bar.get_ylabel() == "prediction score"
+        panels = [ax for ax in fig.axes if ax is not bar]
+        assert len(panels) == 2 and all(ax.get_ylabel() for ax in panels)
+        instances, signals = panels
+        assert instances.get_ylabel() == "A" and signals.get_ylabel() == "CAS / pseudo label"
+        assert [t.get_text() for t in instances.get_yticklabels()][0] == "ground truth"
+        boxes = [(r.get_x(), r.get_x() + r.get_width(), round(r.get_y(), 6), r.get_facecolor())
+                 for r in instances.patches]
+        predicted = [b for b in boxes if b[0:2] != (1.0, 4.0)]
+        assert len(predicted) == 4 and len({b[2] for b in predicted}) == 3, "three lanes for three overlapping"
+        for x0, x1, y, _ in predicted:
+            assert not any(y == y2 and x0 < z1 and z0 < x1 for z0, z1, y2, _ in predicted if (z0, z1) != (x0, x1))
+        cmap = plt.get_cmap(SCORE_CMAP)
+        colour = {(x0, x1): face for x0, x1, _, face in predicted}
+        assert np.allclose(colour[(1.0, 5.0)], cmap(1.0)) and np.allclose(colour[(0.0, 3.0)], cmap(0.0))
+    finally:
+        plt.close(fig)
+
+
+def test_timeline_without_signals_or_predictions_still_has_axes_labels_and_colorbar():
+    gt, _ = _overlapping()
+    empty = SegmentTable.from_rows(CLASSES, [])
+    fig = draw_timeline("v", CLASSES, 1.0, gt, empty, duration=5.0)
+    try:
+        assert [ax.get_ylabel() for ax in fig.axes] == ["A", "prediction score"]
+    finally:
+        plt.close(fig)

@@ -2,6 +2,11 @@
 
 Each subcommand names the one library function that does its work; the function receives the parsed
 options as keyword arguments and returns a process exit code (0 on success).
+
+Exit codes: 0 success; 2 bad input or an output the file system refuses (one ``error:`` line naming the
+file and the fix, never a traceback); 130 interrupted (Ctrl-C: one line, for ``train`` with the command that
+resumes the run); 141 standard output closed early (``wtal ... | head``: quiet, as a Unix tool killed by
+SIGPIPE).
 """
 
 from __future__ import annotations
@@ -9,102 +14,209 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from wtal.errors import WtalInputError
+from wtal.errors import WtalInputError, file_error
+
+EXIT_INPUT_ERROR = 2
+EXIT_INTERRUPTED = 128 + 2  # SIGINT
+EXIT_STDOUT_CLOSED = 128 + 13  # SIGPIPE
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to every option that has a default value; options without one (None, an
+    off flag, an empty list) say in their help what happens when they are left out."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default is False or default == [] or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def package_version() -> str:
+    """The installed distribution's version, else the source tree's ``wtal.__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("wtal")
+    except metadata.PackageNotFoundError:
+        from wtal import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wtal", description="Weakly-supervised temporal action localization.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="wtal", description="Weakly-supervised temporal action localization.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"wtal {package_version()}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("synth", help="write a synthetic THUMOS-like dataset (W-TALC bundle + per-video folders)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    s = command("synth", "write a synthetic THUMOS-like dataset (W-TALC bundle + per-video folders)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--dim", type=int, default=2048, help="joint feature dimension (RGB half + flow half)")
     s.add_argument("--videos", type=int, default=412, help="number of videos (about half train, half test)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed of the generator")
     s.set_defaults(_target="wtal.data.synthetic:synth_command")
 
-    s = sub.add_parser("eval", help="detection mAP of an ActivityNet-format result file")
+    s = command("eval", "detection mAP of an ActivityNet-format result file")
     s.add_argument("--pred", required=True, help="result JSON (ActivityNet format)")
     s.add_argument("--gt", required=True, help="gt.json, ActivityNet JSON, or a W-TALC annotation folder")
-    s.add_argument("--subset", default=None, help="ground-truth subset (default: 'test' if present, else 'validation')")
-    s.add_argument("--tiou", default=None, help="comma-separated tIoU thresholds in (0, 1], e.g. 0.1,0.3,0.5")
-    s.add_argument("--mode", choices=["anet", "wtalc"], default="anet")
-    s.add_argument("--json", dest="json_out", default=None, help="write thresholds, mAP and average here")
+    s.add_argument("--subset", default=None,
+                   help="ground-truth subset (default: 'test' if present, else 'validation')")
+    s.add_argument("--tiou", default=None,
+                   help="comma-separated tIoU thresholds in (0, 1] (default: 0.1,0.2,...,0.7 when the ground truth has "
+                        "a 'test' subset, else 0.5,0.55,...,0.95)")
+    s.add_argument("--mode", choices=["anet", "wtalc"], default="anet",
+                   help="anet: official ActivityNet scoring; wtalc: W-TALC snippet-grid compatibility")
+    s.add_argument("--json", dest="json_out", default=None,
+                   help="also write thresholds, mAP and average to this JSON file (default: print only)")
     s.set_defaults(_target="wtal.evaluation.command:eval_command")
 
-    s = sub.add_parser("localize", help="action instances from a CAS file of any model")
+    s = command("localize", "action instances from a CAS file of any model")
     s.add_argument("--cas", required=True, help="CAS.npz (see README: CAS file format)")
     s.add_argument("--out", required=True, help="result JSON to write")
-    s.add_argument("--method", choices=["fusion", "nms", "soft-nms"], default="fusion")
-    s.add_argument("--preset", choices=["paper", "reference"], default="paper")
-    s.add_argument("--template", choices=["gaussian", "uniform", "exponential", "t"], default=None)
-    s.add_argument("--temperature", type=float, default=None)
-    s.add_argument("--temperature-mode", choices=["absolute", "relative"], default=None,
-                   help="relative: the temperature is in units of each CAS column's range (scale-free)")
-    s.add_argument("--class-threshold", type=float, default=None)
+    s.add_argument("--method", choices=["fusion", "nms", "soft-nms"], default="fusion",
+                   help="how overlapping proposals are merged: Gaussian fusion or (soft) non-maximum suppression")
+    _post_processing_options(s, temperature="fusion softmax temperature (default: the preset's)")
+    s.add_argument("--template", choices=["gaussian", "uniform", "exponential", "t"], default=None,
+                   help="fusion weight template (default: the preset's, gaussian)")
     s.set_defaults(_target="wtal.localize.command:localize_command")
 
-    s = sub.add_parser("pseudolabel", help="LinPro pseudo labels from a CAS file")
-    s.add_argument("--cas", required=True)
+    s = command("pseudolabel", "LinPro pseudo labels from a CAS file")
+    s.add_argument("--cas", required=True, help="CAS.npz (see README: CAS file format)")
     s.add_argument("--out", required=True, help="labels.npz to write")
-    s.add_argument("--preset", choices=["paper", "reference"], default="paper")
-    s.add_argument("--temperature", type=float, default=None)
-    s.add_argument("--temperature-mode", choices=["absolute", "relative"], default=None,
-                   help="relative: the temperature is in units of each CAS column's range (scale-free)")
-    s.add_argument("--class-threshold", type=float, default=None)
+    _post_processing_options(s, temperature="fusion softmax temperature (default: the preset's training-time "
+                                            "value, not the test-time one of wtal localize)")
     s.set_defaults(_target="wtal.pseudo.command:pseudolabel_command")
 
-    s = sub.add_parser("train", help="train a model from a YAML config")
-    s.add_argument("--config", required=True)
+    s = command("train", "train a model from a YAML config")
+    s.add_argument("--config", required=True,
+                   help="YAML config: a path, or the name of a shipped config (e.g. rskp, rskp_gaufuse.yaml)")
     s.add_argument("--data", required=True, help="W-TALC bundle folder or per-video feature folder")
-    s.add_argument("--out", required=True, help="run folder")
-    s.add_argument("--epochs", type=int, default=None, help="rescale the config's schedule to N epochs")
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--out", required=True,
+                   help="run folder: resolved config, logs, checkpoints and predictions are written here")
+    s.add_argument("--epochs", type=int, default=None,
+                   help="rescale the config's schedule to N epochs (default: the config's train.epochs)")
+    s.add_argument("--seed", type=int, default=None, help="training seed (default: the config's train.seed)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-4; repeatable, applied last "
+                        "(default: the config as written)")
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.set_defaults(_target="wtal.engine.command:train_command")
 
-    s = sub.add_parser("predict", help="predict with a trained run")
-    s.add_argument("--run", required=True)
-    s.add_argument("--split", default="test")
+    s = command("predict", "predict with a trained run")
+    s.add_argument("--run", required=True, help="run folder written by wtal train")
+    s.add_argument("--split", default="test", help="data split to predict: train, val or test")
     s.add_argument("--out", required=True, help="result JSON to write")
-    s.add_argument("--cas", default=None, help="also write the CAS file here")
+    s.add_argument("--cas", default=None, help="also write the CAS file here (default: no CAS file)")
     s.add_argument("--data", default=None,
-                   help="predict on this data folder instead of the run's (same classes, streams and widths)")
-    s.add_argument("--device", default=None)
+                   help="predict on this data folder instead of the run's (same classes, streams and widths; "
+                        "default: the run's data)")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.set_defaults(_target="wtal.engine.command:predict_command")
 
-    s = sub.add_parser("plot", help="timeline plot of one video of a run")
-    s.add_argument("--run", required=True)
-    s.add_argument("--video", required=True)
+    s = command("plot", "timeline plot of one video of a run")
+    s.add_argument("--run", required=True, help="run folder written by wtal train")
+    s.add_argument("--video", required=True, help="video name (of the run's train, validation or test split)")
     s.add_argument("--out", default=None, help="PNG to write (default: RUN/plots/VIDEO.png)")
     s.add_argument("--data", default=None, help="the run's data folder, if it moved")
     s.set_defaults(_target="wtal.viz.command:plot_command")
 
-    s = sub.add_parser("demo", help="synthetic data -> train -> localize -> evaluate -> plot, on CPU")
+    s = command("demo", "synthetic data -> train -> localize -> evaluate -> plot, on CPU")
     s.add_argument("--out", default="wtal-demo", help="output folder")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
+    s.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: the demo config's schedule)")
     s.set_defaults(_target="wtal.demo:demo_command")
     return p
 
 
+def _post_processing_options(s: argparse.ArgumentParser, *, temperature: str) -> None:
+    """The localizer settings shared by ``localize`` and ``pseudolabel``."""
+    s.add_argument("--preset", choices=["paper", "reference"], default="paper",
+                   help="post-processing settings: the paper's or the reference code's")
+    s.add_argument("--temperature", type=float, default=None, help=temperature)
+    s.add_argument("--temperature-mode", choices=["absolute", "relative"], default=None,
+                   help="relative: the temperature is in units of each CAS column's range (scale-free) "
+                        "(default: the preset's, absolute)")
+    s.add_argument("--class-threshold", type=float, default=None,
+                   help="keep a class when its video score is at least this (default: the preset's)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # --help, --version and usage errors print, then exit with argparse's code
+        _flush_stdout()
+        raise
     module_name, func_name = args._target.split(":")
     kwargs = {k: v for k, v in vars(args).items() if k not in ("_target", "command")}
-    func = getattr(importlib.import_module(module_name), func_name)
     try:
+        func = getattr(importlib.import_module(module_name), func_name)
         with _warnings_to_stderr(f"wtal {args.command}"):
-            return int(func(**kwargs) or 0)
+            code = int(func(**kwargs) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except WtalInputError as exc:
-        print(f"wtal {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(args.command, exc)
+    except OSError as exc:  # an unexpected file-system refusal that names its file: still one line
+        if exc.filename is None:
+            raise
+        return _error(args.command, file_error(exc))
+    except KeyboardInterrupt:
+        print(interrupted_message(args, argv), file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _error(command: str, exc: WtalInputError) -> int:
+    print(f"wtal {command}: error: {exc}", file=sys.stderr)
+    return EXIT_INPUT_ERROR
+
+
+def interrupted_message(args: argparse.Namespace, argv: list[str]) -> str:
+    """One line for Ctrl-C; for ``train`` the command that continues the run (the user's own arguments)."""
+    if args.command != "train":
+        return f"wtal {args.command}: interrupted"
+    if not (Path(args.out) / "checkpoints" / "last.pt").is_file():
+        return f"wtal train: interrupted before the first checkpoint; start again with: {_command_line(argv)}"
+    again = argv if "--resume" in argv else [*argv, "--resume"]
+    return f"wtal train: interrupted; resume with: {_command_line(again)}"
+
+
+def _command_line(argv: list[str]) -> str:
+    return shlex.join(["wtal", *argv])
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader of our standard output went away (``| head``): stop quietly. Later writes, including
+    the interpreter's final flush, go to /dev/null (Python docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout without a descriptor
+        pass
+    return EXIT_STDOUT_CLOSED
 
 
 class _PrefixFormatter(logging.Formatter):

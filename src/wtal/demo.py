@@ -9,7 +9,6 @@ at tIoU 0.1:0.7), and ``wtal.viz`` draws one test video.
 from __future__ import annotations
 
 import time
-from importlib import resources
 from pathlib import Path
 
 from wtal.errors import WtalInputError
@@ -19,8 +18,10 @@ DEMO_DIM = 256
 
 
 def demo_config_path() -> Path:
-    """The packaged demo config (RSKP sized for CPU, see the comments in the file)."""
-    return Path(str(resources.files("wtal.resources").joinpath("demo_rskp.yaml")))
+    """The shipped demo config (RSKP sized for CPU, see the comments in the file)."""
+    from wtal.engine.config import shipped_config
+
+    return shipped_config("demo_rskp")
 
 
 def pick_video(run: Path) -> str:

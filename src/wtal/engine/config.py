@@ -74,12 +74,14 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from wtal.errors import WtalInputError
+from wtal.ranges import BELOW_ONE, COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, UNIT, check_fields, in_range
 
 # Sections whose contents are checked by their consumer (the model factory, the localizer, the plug-in
 # factory), so ``--set`` may add keys there that the file does not have.
@@ -94,11 +96,12 @@ RENAMED_KEYS = {"data.modality": "name the streams the model reads instead: mode
 @dataclass
 class ScheduleConfig:
     type: str = "constant"  # constant | step
-    milestones: list[int] = field(default_factory=list)  # epoch indices where the next factor starts
-    factors: list[float] = field(default_factory=list)  # lr multipliers, len(milestones) + 1 for "step"
-    warmup_epochs: float = 0.0  # linear warm-up of the learning rate over this many epochs (0: none)
+    milestones: list[int] = in_range([], INDEX)  # epoch indices where the next factor starts
+    factors: list[float] = in_range([], NON_NEGATIVE)  # lr multipliers, len(milestones) + 1 for "step"
+    warmup_epochs: float = in_range(0.0, NON_NEGATIVE)  # linear lr warm-up over this many epochs (0: none)
 
     def validate(self) -> None:
+        check_fields(self, "optim.schedule.")
         if self.type not in ("constant", "step"):
             raise _bad("optim.schedule.type", self.type, "use 'constant' or 'step'")
         if self.type == "step":
@@ -108,17 +111,16 @@ class ScheduleConfig:
                            "applies before the first milestone)")
             if any(b < a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
                 raise _bad("optim.schedule.milestones", self.milestones, "milestones must not decrease")
-        if self.warmup_epochs < 0:
-            raise _bad("optim.schedule.warmup_epochs", self.warmup_epochs, "use a value >= 0")
 
 
 @dataclass
 class ShortScheduleConfig:
     lr_scaling: str = "none"  # linear | sqrt | none: lr multiplier when --epochs compresses the schedule
-    warmup_epochs: float = 0.0  # warm-up (epochs of the short run) added when the config has none
+    warmup_epochs: float = in_range(0.0, NON_NEGATIVE)  # warm-up (epochs of the short run) added when none
     batch_scaling: str = "none"  # keep_steps | none: divide data.batch_size by the compression
 
     def validate(self) -> None:
+        check_fields(self, "optim.short_schedule.")
         if self.batch_scaling not in ("keep_steps", "none"):
             raise _bad("optim.short_schedule.batch_scaling", self.batch_scaling, "use 'keep_steps' or 'none'")
         if self.lr_scaling not in ("linear", "sqrt", "none"):
@@ -127,14 +129,11 @@ class ShortScheduleConfig:
 
 @dataclass
 class WidthScalingConfig:
-    reference_dim: int | None = None  # feature dimension the config's lr was tuned for (None: no scaling)
-    power: float = 0.5  # lr multiplier (reference_dim / input_dim) ** power
+    reference_dim: int | None = in_range(None, COUNT)  # feature dimension the lr was tuned for (None: no scaling)
+    power: float = in_range(0.5, UNIT)  # lr multiplier (reference_dim / input_dim) ** power (0.5: square root)
 
     def validate(self) -> None:
-        if self.reference_dim is not None and self.reference_dim < 1:
-            raise _bad("optim.width_scaling.reference_dim", self.reference_dim, "use a positive dimension or null")
-        if not (0.0 <= self.power <= 1.0):
-            raise _bad("optim.width_scaling.power", self.power, "use a power in [0, 1] (0.5: square root)")
+        check_fields(self, "optim.width_scaling.")
 
     def factor(self, input_dim: int) -> float:
         """The lr multiplier for features of ``input_dim`` channels (1 when disabled)."""
@@ -146,23 +145,20 @@ class WidthScalingConfig:
 @dataclass
 class OptimConfig:
     name: str = "adam"  # adam (L2 decay added to the gradient, as the reference) | adamw (decoupled)
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0
-    grad_clip: float | None = None  # max global gradient norm per optimiser step (None: no clipping)
+    lr: float = in_range(1e-4, POSITIVE)
+    betas: list[float] = in_range([0.9, 0.999], BELOW_ONE)  # Adam's decay rates of the moment estimates
+    weight_decay: float = in_range(0.0, NON_NEGATIVE)
+    grad_clip: float | None = in_range(None, POSITIVE)  # max global gradient norm per step (None: no clipping)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     short_schedule: ShortScheduleConfig = field(default_factory=ShortScheduleConfig)
     width_scaling: WidthScalingConfig = field(default_factory=WidthScalingConfig)
 
     def validate(self) -> None:
+        check_fields(self, "optim.")
         if self.name not in ("adam", "adamw"):
             raise _bad("optim.name", self.name, "use 'adam' or 'adamw'")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise _bad("optim.lr", self.lr, "use a positive learning rate")
         if len(self.betas) != 2:
             raise _bad("optim.betas", self.betas, "give two numbers, e.g. [0.9, 0.999]")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise _bad("optim.grad_clip", self.grad_clip, "use a positive norm or null")
         self.schedule.validate()
         self.short_schedule.validate()
         self.width_scaling.validate()
@@ -171,52 +167,47 @@ class OptimConfig:
 @dataclass
 class DataConfig:
     path: str | None = None  # set by `wtal train --data` (stored absolute)
-    val_fraction: float = 0.1  # training videos held out for model selection
-    val_seed: int = 0  # the held-out split depends on this seed only, not on train.seed
-    batch_size: int = 10  # videos per optimiser step (gradients are summed over them)
-    eval_batch_size: int = 16  # videos per forward pass at evaluation
+    val_fraction: float = in_range(0.1, BELOW_ONE)  # training videos held out for model selection
+    val_seed: int = in_range(0, INDEX)  # the held-out split depends on this seed only, not on train.seed
+    batch_size: int = in_range(10, COUNT)  # videos per optimiser step (gradients are summed over them)
+    eval_batch_size: int = in_range(16, COUNT)  # videos per forward pass at evaluation
     # padded snippets per forward pass (training micro-batches and evaluation batches); null: 2**20 / D on
     # CPU (wtal.engine.rundata.default_max_snippets). Never changes a step's videos or its summed gradient.
-    max_batch_snippets: int | None = None
+    max_batch_snippets: int | None = in_range(None, COUNT)
     cache: bool = True  # keep features in memory after the first read
     train_subset: str | None = None  # None: wtal.data.split_subsets decides
     test_subset: str | None = None
 
     def validate(self) -> None:
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise _bad("data.val_fraction", self.val_fraction, "use a fraction in [0, 1)")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise _bad("data.batch_size", self.batch_size, "use at least one video per batch")
-        if self.max_batch_snippets is not None and self.max_batch_snippets < 1:
-            raise _bad("data.max_batch_snippets", self.max_batch_snippets, "use a positive number or null")
+        check_fields(self, "data.")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    eval_every: int = 5
-    seed: int = 0
+    epochs: int = in_range(100, COUNT)
+    eval_every: int = in_range(5, COUNT)
+    seed: int = in_range(0, INDEX)
     select: str = "val"  # val: best validation mAP | last: final epoch | test: best TEST mAP (logged warning)
     deterministic: bool = False
     tensorboard: bool = False
     progress: bool = True
-    num_threads: int | None = None  # torch intra-op threads, set when the Trainer starts (null: torch's default)
+    num_threads: int | None = in_range(None, COUNT)  # torch intra-op threads set by the Trainer (null: torch's)
     keep_freed_memory: bool = True  # CPU on glibc: no mmap/trim churn per step (wtal.engine.allocator)
 
     def validate(self) -> None:
-        if self.num_threads is not None and self.num_threads < 1:
-            raise _bad("train.num_threads", self.num_threads, "use a positive number of threads or null")
-        if self.epochs < 1:
-            raise _bad("train.epochs", self.epochs, "train for at least one epoch")
-        if self.eval_every < 1:
-            raise _bad("train.eval_every", self.eval_every, "use a positive number of epochs")
+        check_fields(self, "train.")
         if self.select not in ("val", "last", "test"):
             raise _bad("train.select", self.select, "use 'val', 'last' or 'test'")
 
 
 @dataclass
 class EvalConfig:
-    tiou: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    tiou: list[float] = in_range([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], FRACTION)
+
+    def validate(self) -> None:
+        check_fields(self, "eval.")
+        if not self.tiou:
+            raise _bad("eval.tiou", self.tiou, "give at least one tIoU threshold, e.g. [0.5]")
 
 
 @dataclass
@@ -268,16 +259,21 @@ class RunConfig:
     plugins: list[dict[str, Any]] = field(default_factory=list)
 
     def validate(self) -> RunConfig:
+        from wtal.models.factory import check_hyperparameters  # lazy: torch and the models
         from wtal.tasks.base import TASK_FACTORIES, is_task_name
 
         if not is_task_name(self.task):
             raise _bad("task", self.task, f"use one of {sorted(TASK_FACTORIES)} or a 'module:factory' string")
         self.model.validate()
+        check_hyperparameters(self.model.name, self.model.params)
         self.optim.validate()
         self.data.validate()
         self.train.validate()
+        self.eval.validate()
         if self.teacher is not None:
             self.teacher.validate()
+            if self.teacher.model is not None:
+                check_hyperparameters(self.teacher.model.name, self.teacher.model.params)
         if self.data.val_fraction == 0 and self.train.select == "val":
             raise _bad("train.select", "val", "data.val_fraction is 0: hold out videos or use select: last")
         return self
@@ -384,6 +380,41 @@ def _join(where: str, name: str) -> str:
 # loading, overrides, rescaling
 
 
+def shipped_config_names() -> list[str]:
+    """Names of the configs that ship with wtal (``wtal/configs/*.yaml``, the repository's ``configs/``)."""
+    return sorted(p.stem for p in _shipped_folder().glob("*.yaml"))
+
+
+def shipped_config(name: str) -> Path:
+    """The shipped config ``name`` (``rskp`` or ``rskp.yaml``); an unknown name lists the shipped ones."""
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    path = _shipped_folder() / f"{stem}.yaml"
+    if not path.is_file():
+        raise WtalInputError(f"no config file {name!r} and no shipped config of that name",
+                             fix=f"pass a YAML file path, or one of the shipped configs: "
+                                 f"{', '.join(shipped_config_names())}")
+    return path
+
+
+def config_path(config: str | Path) -> Path:
+    """The YAML file of ``--config``: an existing path, else the shipped config of that bare name.
+
+    A file in the working directory wins over a shipped config of the same name.
+    """
+    path = Path(config)
+    if path.is_file():
+        return path
+    if path.name == str(config):  # a bare name ("rskp", "rskp.yaml"); "./rskp" is a path
+        return shipped_config(str(config))
+    raise WtalInputError("config file not found", path=path,
+                         fix=f"pass an existing YAML file, or the name of a shipped config: "
+                             f"{', '.join(shipped_config_names())}")
+
+
+def _shipped_folder() -> Path:
+    return Path(str(resources.files("wtal") / "configs"))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -424,11 +455,15 @@ def load_config_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
 
 
 def _find_base(path: Path, name: str) -> Path:
+    """The base of ``extends: name``: a path relative to the extending file, else a shipped config's name."""
     candidate = path.parent / name
     if candidate.is_file():
         return candidate
+    if Path(name).name == name and name.removesuffix(".yaml") in shipped_config_names():
+        return shipped_config(name)
     raise WtalInputError(f"extends: base config {name!r} not found (looked for {candidate})", path=path,
-                         fix="give the base config's path relative to this file")
+                         fix="give the base config's path relative to this file, or a shipped config's name: "
+                             f"{', '.join(shipped_config_names())}")
 
 
 def merge_trees(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -584,9 +619,10 @@ def rescale_epochs(tree: dict[str, Any], epochs: int) -> dict[str, Any]:
 def resolve_config(path: str | Path, *, overrides: list[str] | tuple[str, ...] = (),
                    epochs: int | None = None, seed: int | None = None,
                    data_path: str | Path | None = None) -> RunConfig:
-    """Load a YAML config (with its ``extends`` chain), fill the defaults, rescale to ``epochs``, apply
-    ``--set`` and the seed; paths to data and teacher runs become absolute, a teacher config file is read
-    into ``teacher.model``."""
+    """Load a YAML config (a path or a shipped config's name, see :func:`config_path`, with its ``extends``
+    chain), fill the defaults, rescale to ``epochs``, apply ``--set`` and the seed; paths to data and teacher
+    runs become absolute, a teacher config file is read into ``teacher.model``."""
+    path = config_path(path)
     tree = from_dict(load_config_tree(path), source=path).to_dict()
     if epochs is not None:
         tree = rescale_epochs(tree, epochs)

@@ -31,15 +31,16 @@ from wtal.models.masked import (
     topk_count,
 )
 from wtal.models.recipes import parse_hyperparameters
+from wtal.ranges import BELOW_ONE, COUNT, DIVISOR, NON_NEGATIVE, in_range
 
 
 @dataclass(frozen=True)
 class BaSNetHyperparameters:
-    hidden_dim: int | None = None  # None -> input_dim
-    filter_hidden: int = 512
-    dropout: float = 0.7
-    topk_ratio: float = 8.0
-    norm_weight: float = 1e-4  # alpha
+    hidden_dim: int | None = in_range(None, COUNT)  # None -> input_dim
+    filter_hidden: int = in_range(512, COUNT)
+    dropout: float = in_range(0.7, BELOW_ONE)
+    topk_ratio: float = in_range(8.0, DIVISOR)
+    norm_weight: float = in_range(1e-4, NON_NEGATIVE)  # alpha
 
 
 class CASModule(nn.Module):
@@ -61,6 +62,8 @@ class CASModule(nn.Module):
 
 class BaSNet(StreamModel):
     """``BaSNet(context, **BaSNetHyperparameters fields)``."""
+
+    hyperparameters = BaSNetHyperparameters
 
     def __init__(self, context: ModelContext, **hyperparameters):
         super().__init__(context)

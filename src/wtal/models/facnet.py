@@ -31,19 +31,20 @@ from wtal.models.base import ModelContext, ModelOutput, StreamModel, branch_feat
 from wtal.models.losses import normalized_cross_entropy, with_background
 from wtal.models.masked import l2_normalize, masked_fill_zero, masked_softmax
 from wtal.models.recipes import parse_hyperparameters
+from wtal.ranges import BELOW_ONE, COUNT, NON_NEGATIVE, POSITIVE, in_range
 
 
 @dataclass(frozen=True)
 class FACNetHyperparameters:
     per_stream: bool = True  # one branch per input stream (the reference trains one model per modality)
-    embed_dim: int | None = None  # None -> the stream's input width (1024 per stream on I3D)
-    dropout: float = 0.5
-    scale: float = 5.0
-    temperatures: tuple[float, ...] = (1.0, 2.0, 5.0)
-    cw_weight: float = 1.0
-    ca_weight: float = 0.1
-    mil_weight: float = 0.1
-    test_stream_weights: tuple[float, ...] = (0.5, 0.5)  # one per stream branch (RGB, flow)
+    embed_dim: int | None = in_range(None, COUNT)  # None -> the stream's input width (1024 per stream on I3D)
+    dropout: float = in_range(0.5, BELOW_ONE)
+    scale: float = in_range(5.0, POSITIVE)
+    temperatures: tuple[float, ...] = in_range((1.0, 2.0, 5.0), POSITIVE)
+    cw_weight: float = in_range(1.0, NON_NEGATIVE)
+    ca_weight: float = in_range(0.1, NON_NEGATIVE)
+    mil_weight: float = in_range(0.1, NON_NEGATIVE)
+    test_stream_weights: tuple[float, ...] = in_range((0.5, 0.5), NON_NEGATIVE)  # one per stream branch (RGB, flow)
 
 
 class FACNetStream(nn.Module):
@@ -86,6 +87,8 @@ class FACNetStream(nn.Module):
 
 class FACNet(StreamModel):
     """``FACNet(context, **FACNetHyperparameters fields)``."""
+
+    hyperparameters = FACNetHyperparameters
 
     def __init__(self, context: ModelContext, **hyperparameters):
         super().__init__(context)

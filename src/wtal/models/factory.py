@@ -9,6 +9,7 @@ from wtal.models.base import ModelContext
 from wtal.models.basnet import BaSNet
 from wtal.models.facnet import FACNet
 from wtal.models.mil import MILModel
+from wtal.models.recipes import parse_hyperparameters
 from wtal.models.rskp import RSKP
 from wtal.models.stpn import STPN
 from wtal.models.wum import WUM
@@ -30,6 +31,12 @@ def model_class(name: str) -> type[nn.Module]:
     if key not in MODEL_CLASSES:
         raise WtalInputError(f"unknown model name '{name}'", fix=f"use one of: {', '.join(MODEL_NAMES)}")
     return MODEL_CLASSES[key]
+
+
+def check_hyperparameters(name: str, params: dict) -> None:
+    """Raise :class:`WtalInputError` for an unknown model, an unknown hyperparameter or a value out of range
+    (before any data is read or model built)."""
+    parse_hyperparameters(model_class(name).hyperparameters, name, params)
 
 
 def build_model(name: str, context: ModelContext, **params) -> nn.Module:

@@ -8,6 +8,8 @@ is ``softmax(logits)[:, :C]`` per snippet.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -15,18 +17,30 @@ from wtal.data.batch import Batch
 from wtal.models.base import ModelContext, ModelOutput, StreamModel
 from wtal.models.losses import normalized_cross_entropy, with_background
 from wtal.models.masked import masked_topk_mean, topk_count
+from wtal.models.recipes import parse_hyperparameters
+from wtal.ranges import BELOW_ONE, COUNT, DIVISOR, in_range
+
+
+@dataclass(frozen=True)
+class MILHyperparameters:
+    embed_dim: int | None = in_range(None, COUNT)  # None -> input_dim
+    dropout: float = in_range(0.6, BELOW_ONE)
+    topk_ratio: float = in_range(8.0, DIVISOR)  # k = T // topk_ratio snippets
 
 
 class MILModel(StreamModel):
-    """Top-k MIL with a background class (the "plain top-k MIL baseline") on the joint input."""
+    """Top-k MIL with a background class (the "plain top-k MIL baseline") on the joint input;
+    ``MILModel(context, **MILHyperparameters fields)``."""
 
-    def __init__(self, context: ModelContext, *, embed_dim: int | None = None, dropout: float = 0.6,
-                 topk_ratio: float = 8.0):
+    hyperparameters = MILHyperparameters
+
+    def __init__(self, context: ModelContext, **hyperparameters):
         super().__init__(context)
         input_dim, num_classes = context.input_dim, context.num_classes
-        self.topk_ratio = float(topk_ratio)
-        embed_dim = input_dim if embed_dim is None else int(embed_dim)
-        self.embedding = nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout))
+        hp = parse_hyperparameters(MILHyperparameters, "mil", hyperparameters)
+        self.topk_ratio = float(hp.topk_ratio)
+        embed_dim = hp.embed_dim or input_dim
+        self.embedding = nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU(), nn.Dropout(hp.dropout))
         self.classifier = nn.Linear(embed_dim, num_classes + 1)
         for layer in (self.embedding[0], self.classifier):
             nn.init.xavier_uniform_(layer.weight)

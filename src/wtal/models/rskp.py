@@ -30,34 +30,36 @@ from wtal.models.losses import (
 )
 from wtal.models.masked import l2_normalize, masked_fill_zero
 from wtal.models.recipes import parse_hyperparameters
+from wtal.ranges import BELOW_ONE, COUNT, DIVISOR, INDEX, NON_NEGATIVE, POSITIVE, UNIT, in_range
 
 
 @dataclass(frozen=True)
 class RSKPHyperparameters:
     """Reference values (RS ``options.py``); ``embed_dim=None`` means ``input_dim`` (2048 on I3D)."""
 
-    embed_dim: int | None = None
-    dropout: float = 0.6
-    scale: float = 20.0
-    num_bases: int = 8
-    em_iterations: int = 2
-    em_sharpness: float = 5.0  # softmax over bases of 5 * cos
-    propagation_weight: float = 0.5  # w
-    memory_slots: int = 5
-    warmup_epoch: int = 100  # memory used for epoch indices > this; initialised at its end
-    back_weight: float = 0.2
-    att_weight: float = 0.1
-    att_topk_ratio: float = 8.0
-    spl_temperature: float = 0.2
-    spl_weight: float = 1.0
-    spl_weight_after_warmup: float = 0.5
-    spl_restore_epoch: int | None = None  # GauFuse: spl weight back to spl_weight for epochs > 200
-    memory_branch_weight: float = 0.5  # weight of the r branch in L_fore / L_back
-    memory_target_weight: float = 0.2  # spl target 0.2 r.S + 0.8 m.S after warm-up
-    test_cas_weights: tuple[float, float] = (0.6, 0.4)  # o/m softmax mixing at test (GauFuse: 0.85/0.15)
-    test_video_weights: tuple[float, float] = (0.6, 0.4)
+    embed_dim: int | None = in_range(None, COUNT)
+    dropout: float = in_range(0.6, BELOW_ONE)
+    scale: float = in_range(20.0, POSITIVE)
+    num_bases: int = in_range(8, COUNT)
+    em_iterations: int = in_range(2, INDEX)
+    em_sharpness: float = in_range(5.0, POSITIVE)  # softmax over bases of 5 * cos
+    propagation_weight: float = in_range(0.5, BELOW_ONE)  # w; (I - w^2 Z^T Zh) is singular at w = 1
+    memory_slots: int = in_range(5, COUNT)
+    warmup_epoch: int = in_range(100, INDEX)  # memory used for epoch indices > this; initialised at its end
+    back_weight: float = in_range(0.2, NON_NEGATIVE)
+    att_weight: float = in_range(0.1, NON_NEGATIVE)
+    att_topk_ratio: float = in_range(8.0, DIVISOR)
+    spl_temperature: float = in_range(0.2, POSITIVE)
+    spl_weight: float = in_range(1.0, NON_NEGATIVE)
+    spl_weight_after_warmup: float = in_range(0.5, NON_NEGATIVE)
+    spl_restore_epoch: int | None = in_range(None, INDEX)  # GauFuse: spl weight back to spl_weight for epochs > 200
+    memory_branch_weight: float = in_range(0.5, NON_NEGATIVE)  # weight of the r branch in L_fore / L_back
+    memory_target_weight: float = in_range(0.2, UNIT)  # spl target 0.2 r.S + 0.8 m.S after warm-up
+    # o/m softmax mixing at test (GauFuse: 0.85/0.15)
+    test_cas_weights: tuple[float, float] = in_range((0.6, 0.4), NON_NEGATIVE)
+    test_video_weights: tuple[float, float] = in_range((0.6, 0.4), NON_NEGATIVE)
     test_attention: bool = True  # multiply the test CAS by o.a (reference); False: the class softmax alone
-    distill_weights: tuple[float, float] = (0.8, 0.2)  # GauFuse L_dist on o.S / m.S
+    distill_weights: tuple[float, float] = in_range((0.8, 0.2), NON_NEGATIVE)  # GauFuse L_dist on o.S / m.S
 
 
 def responsibilities(x: torch.Tensor, mask: torch.Tensor, bases: torch.Tensor, sharpness: float,
@@ -102,6 +104,8 @@ def propagate_dense(x: torch.Tensor, bases: torch.Tensor, w: float, sharpness: f
 
 class RSKP(StreamModel):
     """RSKP backbone; ``RSKP(context, **RSKPHyperparameters fields)``."""
+
+    hyperparameters = RSKPHyperparameters
 
     def __init__(self, context: ModelContext, **hyperparameters):
         super().__init__(context)

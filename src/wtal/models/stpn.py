@@ -39,17 +39,18 @@ from wtal.errors import WtalInputError
 from wtal.models.base import ModelContext, ModelOutput, StreamModel, branch_features, branch_inputs
 from wtal.models.masked import masked_fill_zero, masked_mean, masked_sum
 from wtal.models.recipes import parse_hyperparameters
+from wtal.ranges import COUNT, NON_NEGATIVE, POSITIVE, UNIT, in_range
 
 
 @dataclass(frozen=True)
 class STPNHyperparameters:
     per_stream: bool = True  # one attention + classifier per input stream (the paper's two streams)
-    attention_hidden: int = 256
-    sparsity_weight: float = 1e-4  # beta
-    test_stream_weight: float = 0.5  # alpha: weight of the RGB stream when fusing the two streams
+    attention_hidden: int = in_range(256, COUNT)
+    sparsity_weight: float = in_range(1e-4, NON_NEGATIVE)  # beta
+    test_stream_weight: float = in_range(0.5, UNIT)  # alpha: weight of the RGB stream when fusing the two streams
     # L1 term = sparsity_length * mean_t(lambda_t): the reproduction's sum over its T = 400 sampled snippets,
     # for a whole video of any length (None: sum over all the video's snippets, which grows with its length)
-    sparsity_length: float | None = 400.0
+    sparsity_length: float | None = in_range(400.0, POSITIVE)
 
 
 class STPNStream(nn.Module):
@@ -70,6 +71,8 @@ class STPNStream(nn.Module):
 
 class STPN(StreamModel):
     """``STPN(context, **STPNHyperparameters fields)``."""
+
+    hyperparameters = STPNHyperparameters
 
     def __init__(self, context: ModelContext, **hyperparameters):
         super().__init__(context)

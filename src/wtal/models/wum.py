@@ -48,18 +48,20 @@ from wtal.models.masked import (
     topk_count,
 )
 from wtal.models.recipes import parse_hyperparameters
+from wtal.ranges import BELOW_ONE, COUNT, DIVISOR, NON_NEGATIVE, POSITIVE, in_range
 
 
 @dataclass(frozen=True)
 class WUMHyperparameters:
-    hidden_dim: int | None = None  # None -> input_dim
-    dropout: float = 0.7  # classifier dropout and the magnitude-selection dropout
-    act_ratio: float = 9.0  # r_act
-    bkg_ratio: float = 4.0  # r_bkg
-    margin: float = 100.0  # at a 2048-wide embedding; scaled by (width / margin_reference_dim) ** 0.5
-    margin_reference_dim: int | None = 2048  # None: use ``margin`` as given at any width
-    um_weight: float = 5e-4  # alpha
-    be_weight: float = 1.0  # beta
+    hidden_dim: int | None = in_range(None, COUNT)  # None -> input_dim
+    dropout: float = in_range(0.7, BELOW_ONE)  # classifier dropout and the magnitude-selection dropout
+    act_ratio: float = in_range(9.0, DIVISOR)  # r_act
+    bkg_ratio: float = in_range(4.0, DIVISOR)  # r_bkg
+    # at a 2048-wide embedding; scaled by (width / margin_reference_dim) ** 0.5
+    margin: float = in_range(100.0, POSITIVE)
+    margin_reference_dim: int | None = in_range(2048, COUNT)  # None: use ``margin`` as given at any width
+    um_weight: float = in_range(5e-4, NON_NEGATIVE)  # alpha
+    be_weight: float = in_range(1.0, NON_NEGATIVE)  # beta
 
 
 def _selection(order: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
@@ -69,6 +71,8 @@ def _selection(order: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
 
 class WUM(StreamModel):
     """``WUM(context, **WUMHyperparameters fields)``."""
+
+    hyperparameters = WUMHyperparameters
 
     def __init__(self, context: ModelContext, **hyperparameters):
         super().__init__(context)
