@@ -6,11 +6,11 @@ import pytest
 
 from wtal.cli import main
 from wtal.demo import demo_config_path, run_demo
-from wtal.engine.config import load_run_config
+from wtal.engine.config import resolve_config
 
 
-def test_demo_config_is_packaged_and_complete():
-    cfg = load_run_config(demo_config_path())
+def test_demo_config_is_packaged_and_resolves():
+    cfg = resolve_config(demo_config_path())
     assert cfg.model.name == "rskp" and cfg.train.epochs == 40 and cfg.data.batch_size == 2
 
 

@@ -7,11 +7,12 @@ import dataclasses
 import typing
 
 import pytest
+from helpers import joint_context
 
 from wtal.cli import main
 from wtal.engine.config import resolve_config
 from wtal.errors import WtalInputError
-from wtal.models.factory import HYPERPARAMETERS, MODEL_NAMES, build_model
+from wtal.models.factory import MODEL_NAMES, build_model, model_class
 from wtal.ranges import BELOW_ONE, COUNT, DIVISOR, FRACTION, POSITIVE, Range
 
 BAD_HYPERPARAMETERS = [
@@ -36,7 +37,7 @@ BAD_HYPERPARAMETERS = [
     ("facnet", "temperatures", "[1.0, 0.0]", "> 0 for each element"),
     ("facnet", "temperatures", "[]", "one or more numbers"),
     ("facnet", "scale", "-5", "> 0"),
-    ("facnet", "test_stream_weights", "[0.5, 0.5, 0.5]", "list of 2 numbers"),
+    ("facnet", "test_stream_weights", "[]", "list of one or more numbers"),
     ("mil", "dropout", "1.5", "in [0, 1)"),
     ("mil", "topk_ratio", "0.9", ">= 1"),
     ("mil", "embed_dim", "0", "an integer >= 1"),
@@ -59,7 +60,7 @@ def test_hyperparameter_out_of_range_is_an_input_error(model, key, value, allowe
 ])
 def test_hyperparameter_range_boundaries_that_are_allowed(model, key, value):
     cfg = resolve_config(model, overrides=[f"model.params.{key}={'null' if value is None else value}"])
-    built = build_model(cfg.model.name, 8, 3, **cfg.model.params)
+    built = build_model(cfg.model.name, joint_context(8, 3), **cfg.model.params)
     assert built is not None
 
 
@@ -105,7 +106,7 @@ def test_bad_value_stops_train_before_the_data_is_read(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_numeric_hyperparameter_declares_its_range(name):
-    cls = HYPERPARAMETERS[name]
+    cls = model_class(name).hyperparameters
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         numeric = {int, float} & {typing.get_origin(a) or a for a in _leaves(hints[f.name])}
@@ -126,3 +127,11 @@ def test_range_ends_and_non_finite_values():
     assert COUNT.contains(3) and not COUNT.contains(3.0) and not COUNT.contains(True) and not COUNT.contains(0)
     assert DIVISOR.contains(1.0) and not DIVISOR.contains(0.99)
     assert Range(high=2, high_open=True).describe() == "a number < 2" and Range().describe() == "a finite number"
+
+
+def test_facnet_needs_one_test_weight_per_stream_branch():
+    cfg = resolve_config("facnet", overrides=["model.params.test_stream_weights=[0.5, 0.3, 0.2]"])
+    with pytest.raises(WtalInputError, match="2 stream branches but 3 test_stream_weights"):
+        build_model(cfg.model.name, joint_context(8, 3), **cfg.model.params)
+    rgb_only = build_model(cfg.model.name, joint_context(8, 3, streams=("rgb",)), **cfg.model.params)
+    assert rgb_only.stream_weights == [1.0]  # one stream: its branch alone

@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="result JSON to write")
     s.add_argument("--cas", default=None, help="also write the CAS file here (default: no CAS file)")
     s.add_argument("--data", default=None,
-                   help="predict on this data folder instead of the run's (same classes, streams and widths; "
-                        "default: the run's data)")
+                   help="predict on this data folder instead of the run's, with the same classes, streams and "
+                        "widths (default: the run's data)")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.set_defaults(_target="wtal.engine.command:predict_command")
 
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, help="run folder written by wtal train")
     s.add_argument("--video", required=True, help="video name (of the run's train, validation or test split)")
     s.add_argument("--out", default=None, help="PNG to write (default: RUN/plots/VIDEO.png)")
-    s.add_argument("--data", default=None, help="the run's data folder, if it moved")
+    s.add_argument("--data", default=None, help="the run's data folder, if it moved (default: the run's data)")
     s.set_defaults(_target="wtal.viz.command:plot_command")
 
     s = command("demo", "synthetic data -> train -> localize -> evaluate -> plot, on CPU")

@@ -37,7 +37,10 @@ def pick_video(run: Path) -> str:
 
 def run_demo(out: str | Path = "wtal-demo", seed: int = 0, epochs: int | None = None,
              videos: int = DEMO_VIDEOS, dim: int = DEMO_DIM) -> dict:
+    import torch
+
     from wtal.data.synthetic import SynthConfig, write_synthetic
+    from wtal.engine.command import apply_process_settings
     from wtal.engine.config import resolve_config
     from wtal.engine.logging import setup_logging
     from wtal.engine.trainer import Trainer
@@ -54,6 +57,7 @@ def run_demo(out: str | Path = "wtal-demo", seed: int = 0, epochs: int | None = 
     cfg = resolve_config(demo_config_path(), epochs=epochs, seed=seed, data_path=paths["wtalc"].parent)
     print(f"[2/4] training {cfg.model.name} for {cfg.train.epochs} epochs on CPU -> {run}")
     setup_logging(run, enabled=True)
+    apply_process_settings(cfg, torch.device("cpu"))
     report = Trainer(cfg, run, device="cpu").fit()
     print("[3/4] test-split detections written to", run / "predictions" / "test.json")
     video = pick_video(run)
