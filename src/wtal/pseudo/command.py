@@ -1,8 +1,10 @@
 """``wtal pseudolabel``: a CAS file of any model -> LinPro pseudo labels (labels.npz).
 
-Pipeline per video: class gating, multi-threshold proposals and Gaussian fusion
-(:func:`wtal.localize.pipeline.localize_video`, ``method="fusion"``), kept in snippet units, then LinPro
-(:mod:`wtal.pseudo.linpro`) per class. Output archive (``np.savez``, no pickle):
+The same pipeline as a training-time generation (:func:`wtal.pseudo.generate.label_videos`): per video,
+class gating by the video scores (every class when the file has none), multi-threshold proposals and
+Gaussian fusion (:func:`wtal.localize.pipeline.localize_video`, ``method="fusion"``) in snippet units, then
+LinPro (:mod:`wtal.pseudo.linpro`) per class, over worker processes for large files. Output archive
+(``np.savez``, no pickle):
 
 ``VIDEO``        ``(T, C)`` float32 pseudo labels, columns in CAS column order (0 for ungated classes)
 ``__classes__``  ``(C,)`` str class names
@@ -21,8 +23,10 @@ import numpy as np
 
 from wtal.atomic import write_atomic
 from wtal.localize.casfile import CLASSES_KEY, FPS_KEY, read_cas_file
-from wtal.localize.pipeline import LocalizeConfig, localize_video
-from wtal.pseudo.linpro import LinProConfig, pseudo_labels_for_videos
+from wtal.localize.pipeline import LocalizeConfig
+from wtal.pseudo.generate import label_videos
+from wtal.pseudo.linpro import LinProConfig
+from wtal.pseudo.teacher import VideoScores
 
 TRAINING_TEMPERATURE = {"paper": 0.1, "reference": 0.02}
 
@@ -37,22 +41,17 @@ def pseudolabel_command(cas: str, out: str, preset: str = "paper", temperature: 
                                               class_threshold=class_threshold, temperature_mode=temperature_mode)
     linpro_cfg = LinProConfig.from_preset(preset)
     cas_by_video, scores, classes, rate = read_cas_file(cas)
-
-    videos = {}
-    n_instances = 0
-    for name, video_cas in cas_by_video.items():
-        found = localize_video(video_cas, None if scores is None else scores[name], localize_cfg, video=name)
-        n_instances += len(found)
-        videos[name] = (video_cas.shape[0], found.cls, found.start, found.end, found.score)
-    t_localize = time.perf_counter() - t0
-
-    labels, stats = pseudo_labels_for_videos(videos, len(classes), linpro_cfg)
+    no_labels = np.zeros(len(classes))
+    teacher = {name: VideoScores(c.astype(np.float64), None if scores is None else scores[name], no_labels)
+               for name, c in cas_by_video.items()}
+    labels, stats, timings = label_videos(teacher, localize_cfg, linpro_cfg, gate_by_labels=False)
     arrays = {name: g.astype(np.float32) for name, g in labels.items()}
     arrays[CLASSES_KEY] = np.array(classes, dtype=str)
     arrays[FPS_KEY] = np.float64(rate)
     path = write_atomic(out, lambda fh: np.savez(fh, **arrays), binary=True)
     elapsed = time.perf_counter() - t0
-    print(f"wtal pseudolabel: {len(labels)} videos, {n_instances} fused instances ({preset} preset, "
-          f"temperature {localize_cfg.temperature}) -> {path}")
-    print(f"  {stats}; localize {t_localize:.2f} s, total {elapsed:.2f} s")
+    print(f"wtal pseudolabel: {len(labels)} videos ({preset} preset, temperature {localize_cfg.temperature}) "
+          f"-> {path}")
+    print(f"  {stats}; localize {timings.localize:.2f} s, LinPro {timings.linpro:.2f} s over {timings.workers} "
+          f"process(es), total {elapsed:.2f} s")
     return 0

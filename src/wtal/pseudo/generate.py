@@ -9,10 +9,8 @@ Results do not depend on the number of workers.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -22,6 +20,7 @@ import torch
 from wtal.data.batch import Batch
 from wtal.errors import WtalInputError
 from wtal.localize.pipeline import LocalizeConfig, localize_video
+from wtal.parallel import available_cores, map_chunks
 from wtal.pseudo.linpro import LinProConfig, LinProStats, video_pseudo_labels
 from wtal.pseudo.teacher import ScoreSource, VideoScores, snapshot_teacher, teacher_scores
 
@@ -111,9 +110,8 @@ def _label_chunk(items: list[tuple[str, VideoScores]], localize_cfg: LocalizeCon
 
 
 def _auto_workers(scores: Mapping[str, VideoScores]) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     snippets = sum(v.cas.shape[0] for v in scores.values())
-    return 1 if snippets < MIN_SNIPPETS_FOR_POOL else max(1, cores)
+    return 1 if snippets < MIN_SNIPPETS_FOR_POOL else available_cores()
 
 
 def label_videos(scores: Mapping[str, VideoScores], localize_cfg: LocalizeConfig, linpro_cfg: LinProConfig, *,
@@ -121,23 +119,16 @@ def label_videos(scores: Mapping[str, VideoScores], localize_cfg: LocalizeConfig
                  ) -> tuple[dict[str, np.ndarray], LinProStats, GenerationTimings]:
     """Localize and LinPro-label every video: ``{name: (T, K) float32}``, LP stats and stage timings."""
     items = list(scores.items())
-    n_workers = _auto_workers(scores) if workers is None else workers
-    n_workers = max(1, min(n_workers, len(items)))
+    n_workers = max(1, min(_auto_workers(scores) if workers is None else workers, len(items)))
     t0 = time.perf_counter()
-    if n_workers == 1:
-        labels, stats, t_loc, t_lp = _label_chunk(items, localize_cfg, linpro_cfg, gate_by_labels)
-    else:
-        # interleaved chunks balance long and short videos; one task per worker keeps pickling cheap
-        chunks = [items[i::n_workers] for i in range(n_workers)]
-        labels, stats, t_loc, t_lp = {}, LinProStats(), 0.0, 0.0
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
-            for part, part_stats, loc, lp in pool.map(_label_chunk, chunks, [localize_cfg] * n_workers,
-                                                      [linpro_cfg] * n_workers, [gate_by_labels] * n_workers):
-                labels.update(part)
-                stats.merge(part_stats)
-                t_loc += loc
-                t_lp += lp
-        labels = {name: labels[name] for name, _ in items}
+    labels, stats, t_loc, t_lp = {}, LinProStats(), 0.0, 0.0
+    for part, part_stats, loc, lp in map_chunks(_label_chunk, items, n_workers, localize_cfg, linpro_cfg,
+                                                gate_by_labels):
+        labels.update(part)
+        stats.merge(part_stats)
+        t_loc += loc
+        t_lp += lp
+    labels = {name: labels[name] for name, _ in items}
     timings = GenerationTimings(localize=t_loc, linpro=t_lp, postprocess_wall=time.perf_counter() - t0,
                                 workers=n_workers)
     return labels, stats, timings

@@ -38,10 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import pickle
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -49,6 +46,7 @@ import numpy as np
 from scipy.optimize import linprog
 
 from wtal.errors import WtalInputError
+from wtal.parallel import available_cores, map_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -398,14 +396,6 @@ def _solve_chunk(items: list[tuple[str, VideoInstances]], num_classes: int,
     return out, stats
 
 
-def _picklable(obj: Any) -> bool:
-    try:
-        pickle.dumps(obj)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        return False
-    return True
-
-
 def pseudo_labels_for_videos(videos: Mapping[str, VideoInstances], num_classes: int,
                              cfg: LinProConfig | None = None,
                              workers: int | None = None) -> tuple[dict[str, np.ndarray], LinProStats]:
@@ -418,22 +408,12 @@ def pseudo_labels_for_videos(videos: Mapping[str, VideoInstances], num_classes: 
     cfg = cfg or LinProConfig()
     items = list(videos.items())
     if workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = 1 if len(items) < MIN_VIDEOS_FOR_POOL else cores
-    workers = max(1, min(int(workers), len(items)))
-    if workers > 1 and not _picklable(cfg):
-        logger.info("LinPro: the config (margin callable) cannot go to worker processes; solving serially")
-        workers = 1
-    if workers == 1:
-        return _solve_chunk(items, num_classes, cfg)
-    # Interleaved chunks balance long and short videos; one task per worker keeps the pickling cost low.
-    chunks = [items[i::workers] for i in range(workers)]
+        workers = 1 if len(items) < MIN_VIDEOS_FOR_POOL else available_cores()
     labels: dict[str, np.ndarray] = {}
     stats = LinProStats()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for part, part_stats in pool.map(_solve_chunk, chunks, [num_classes] * workers, [cfg] * workers):
-            labels.update(part)
-            stats.merge(part_stats)
+    for part, part_stats in map_chunks(_solve_chunk, items, workers, num_classes, cfg):
+        labels.update(part)
+        stats.merge(part_stats)
     return {name: labels[name] for name, _ in items}, stats
 
 

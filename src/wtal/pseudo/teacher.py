@@ -33,7 +33,7 @@ class VideoScores:
     """One training video as the teacher sees it (float64, real snippets only)."""
 
     cas: np.ndarray  # (T, K) snippet scores in [0, 1]
-    video_scores: np.ndarray  # (K,)
+    video_scores: np.ndarray | None  # (K,); None: no class gating by score
     labels: np.ndarray  # (K,) ground-truth multi-hot video labels (background column: 0)
 
 
