@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wtal.engine.allocator import keep_freed_memory
 from wtal.engine.config import RunConfig, load_run_config, resolve_config
-from wtal.engine.distributed import init_distributed, resolve_device, shutdown_distributed
-from wtal.engine.logging import get_logger, setup_logging
+from wtal.engine.distributed import init_distributed, launched_rank, resolve_device, shutdown_distributed
+from wtal.engine.logging import get_logger, log_failure_to_file, setup_logging
+from wtal.engine.runs import RunLock
 from wtal.errors import WtalInputError
 
 if TYPE_CHECKING:
@@ -29,35 +31,48 @@ def apply_process_settings(cfg: RunConfig, device: torch.device) -> None:
 
 def train_command(config: str, data: str, out: str, epochs: int | None = None, seed: int | None = None,
                   overrides: list[str] | None = None, resume: bool = False, device: str | None = None) -> int:
+    """``wtal train``: one process owns the run folder for the run's life (rank 0 of a multi-process run);
+    an error before or during training is also written to ``RUN/train.log``."""
     run_dir = Path(out)
-    torch_device = resolve_device(device)
-    ctx = init_distributed(torch_device)
-    try:
-        setup_logging(run_dir, enabled=ctx.is_main)
-        log = get_logger()
-        if resume:
-            if not (run_dir / "checkpoints" / "last.pt").is_file():
-                raise WtalInputError("nothing to resume: the run folder has no checkpoints/last.pt",
-                                     path=run_dir, fix="start the run without --resume")
-            cfg = load_run_config(run_dir / "config.yaml")
-            requested = resolve_config(config, overrides=overrides or [], epochs=epochs, seed=seed,
-                                       data_path=data)
-            if requested.to_dict() != cfg.to_dict():
-                log.warning("--resume continues with the run's own config.yaml; the --config/--set/--epochs/"
-                            "--seed given now differ from it and are ignored (--data is used)")
-            cfg.data.path = str(Path(data).resolve())
-        else:
-            if (run_dir / "checkpoints" / "last.pt").is_file():
-                raise WtalInputError("the run folder already holds a training run", path=run_dir,
-                                     fix="add --resume to continue it, or choose another --out folder")
-            cfg = resolve_config(config, overrides=overrides or [], epochs=epochs, seed=seed, data_path=data)
-        from wtal.engine.trainer import Trainer
+    main = launched_rank() == 0
+    with RunLock(run_dir) if main else contextlib.nullcontext():
+        setup_logging(run_dir, enabled=main)
+        try:
+            cfg = _run_config(run_dir, config, data, epochs, seed, overrides or [], resume)
+            torch_device = resolve_device(device)
+            ctx = init_distributed(torch_device, cfg.train.collective_timeout_s)
+            try:
+                from wtal.engine.trainer import Trainer
 
-        apply_process_settings(cfg, torch_device)
-        Trainer(cfg, run_dir, device=torch_device, dist=ctx).fit(resume=resume)
-    finally:
-        shutdown_distributed(ctx)
+                apply_process_settings(cfg, torch_device)
+                Trainer(cfg, run_dir, device=torch_device, dist=ctx).fit(resume=resume)
+            finally:
+                shutdown_distributed(ctx)
+        except WtalInputError as exc:
+            log_failure_to_file(f"error: {exc}")
+            raise
     return 0
+
+
+def _run_config(run_dir: Path, config: str, data: str, epochs: int | None, seed: int | None,
+                overrides: list[str], resume: bool) -> RunConfig:
+    """The config of a new run, or a resumed run's own (``--data`` may point to the moved data)."""
+    has_checkpoint = (run_dir / "checkpoints" / "last.pt").is_file()
+    if not resume:
+        if has_checkpoint:
+            raise WtalInputError("the run folder already holds a training run", path=run_dir,
+                                 fix="add --resume to continue it, or choose another --out folder")
+        return resolve_config(config, overrides=overrides, epochs=epochs, seed=seed, data_path=data)
+    if not has_checkpoint:
+        raise WtalInputError("nothing to resume: the run folder has no checkpoints/last.pt", path=run_dir,
+                             fix="start the run without --resume")
+    cfg = load_run_config(run_dir / "config.yaml")
+    requested = resolve_config(config, overrides=overrides, epochs=epochs, seed=seed, data_path=data)
+    if requested.to_dict() != cfg.to_dict():
+        get_logger().warning("--resume continues with the run's own config.yaml; the --config/--set/--epochs/"
+                             "--seed given now differ from it and are ignored (--data is used)")
+    cfg.data.path = str(Path(data).resolve())
+    return cfg
 
 
 def predict_command(run: str, out: str, split: str = "test", cas: str | None = None, device: str | None = None,

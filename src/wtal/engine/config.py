@@ -191,8 +191,9 @@ class TrainConfig:
     deterministic: bool = False
     tensorboard: bool = False
     progress: bool = True
-    num_threads: int | None = in_range(None, COUNT)  # torch intra-op threads set by the Trainer (null: torch's)
+    num_threads: int | None = in_range(None, COUNT)  # torch intra-op threads set by `wtal train` (null: torch's)
     keep_freed_memory: bool = True  # CPU on glibc: no mmap/trim churn per step (wtal.engine.allocator)
+    collective_timeout_s: float = in_range(1800.0, POSITIVE)  # multi-process: a collective waits at most this
 
     def validate(self) -> None:
         check_fields(self, "train.")

@@ -1,9 +1,16 @@
 """Optional multi-process training launched by ``torchrun`` (gloo on CPU, nccl on CUDA).
 
 Every rank runs the same seeded schedule, so all ranks draw the same global batches; rank ``r`` takes
-videos ``r, r + W, ...`` of each global batch. Gradients are all-reduced as a **sum**, which keeps the
-engine's semantics (the gradient of a step is the sum of its videos' gradients, as in the reference's
-accumulation). Rank 0 alone writes files and evaluates.
+videos ``r, r + W, ...`` of each global batch, so a rank may get none (a batch of one video over two ranks,
+or the last videos of an epoch). Every rank still takes part in every collective: gradients are all-reduced
+as a **sum** at every optimiser step (a rank without videos contributes zeros), which keeps the engine's
+semantics (the gradient of a step is the sum of its videos' gradients, as in the reference's accumulation);
+loss sums travel with their keys, so a rank that saw no video does not change the shape of a collective.
+Rank 0 alone writes files and evaluates.
+
+A rank that fails exits; ``torchrun`` then stops the others. Collectives also time out after
+``train.collective_timeout_s`` seconds (default 1800), so processes started another way never wait forever
+for a rank that died.
 """
 
 from __future__ import annotations
@@ -11,10 +18,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 1800.0
 
 
 @dataclass
@@ -69,14 +79,20 @@ class DistContext:
         return box[0]
 
 
-def init_distributed(device: torch.device) -> DistContext:
+def launched_rank() -> int:
+    """This process's rank as torchrun announces it (0 for a single process), before any process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def init_distributed(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
     """Join the process group described by torchrun's environment; a single process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=float(timeout_s)))
     return DistContext(rank, world, local_rank)
 
 

@@ -48,6 +48,14 @@ def setup_logging(run_dir: Path | None, *, enabled: bool = True) -> logging.Logg
     return get_logger()
 
 
+def log_failure_to_file(message: str) -> None:
+    """Write ``message`` as an ERROR line to the run's ``train.log`` only (the console already shows the
+    error once, as the command's last word)."""
+    for handler in logging.getLogger("wtal").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.LogRecord(LOGGER_NAME, logging.ERROR, __file__, 0, message, None, None))
+
+
 def _plain(value: Any) -> Any:
     """JSON-safe value: floats stay floats, NaN/inf become None."""
     if isinstance(value, dict):

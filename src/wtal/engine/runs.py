@@ -9,6 +9,7 @@ working directory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,46 @@ def load_run_model(run: str | Path, task: Task, data: RunData, *, which: str = "
     load_weights(model, load_checkpoint(checkpoint)["model"], checkpoint=checkpoint, run=run)
     model.to(device).eval()
     return cfg, model, checkpoint
+
+
+# --------------------------------------------------------------------------------------- ownership
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held for the life of a training process.
+
+    ``RUN/.lock`` is locked with ``flock`` (released by the kernel when the process ends, however it ends)
+    and holds the owner's pid, so a second ``wtal train`` into the same folder stops at once naming it.
+    """
+
+    def __init__(self, run: Path):
+        self.path = Path(run) / LOCK_FILE
+        self._fh = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's life
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise WtalInputError(f"the run folder is in use by another wtal process (pid {holder})",
+                                 path=self.path.parent,
+                                 fix="wait for it to finish, or choose another --out folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the lock
+            self._fh = None

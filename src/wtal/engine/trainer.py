@@ -105,6 +105,9 @@ class Trainer:
         self.teacher: Teacher | None = build_teacher(cfg, self.task, self.data, self.device)
         joint = [self.teacher.model] if self.teacher is not None and self.teacher.joint else []
         self.optimizer = make_optimizer(cfg.optim, self.model, *joint)
+        if self.dist.enabled:
+            for model in (self.model, *joint):
+                model.defer_state_updates()
         self.loader_generator = torch.Generator()
         self.loader_generator.manual_seed(cfg.train.seed)
         self.state = TrainState()
@@ -302,6 +305,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.global_step += 1
         self.state.pending = 0
+        if self.dist.enabled:
+            for model in self.trained_models:
+                model.sync_state(self.dist)
 
     def _reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Sum gradients over ranks. A parameter that got a gradient on any rank gets one on all ranks;
@@ -327,6 +333,8 @@ class Trainer:
             for p in params:
                 if p.grad is not None:
                     p.grad.zero_()
+        for model in self.trained_models:  # the epoch-end passes and the checkpoint see every video's update
+            model.sync_state(self.dist)
 
     # ------------------------------------------------------------------------------------------ evaluation
 

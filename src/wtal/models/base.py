@@ -109,6 +109,17 @@ class StreamModel(nn.Module):
     def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
         return None
 
+    # Multi-process training: a model whose losses update its own state (a memory bank, a label store)
+    # queues those updates while ``defer_state_updates`` is on and applies everyone's in ``sync_state``, so
+    # that every process keeps the same state. Models without such state need neither.
+    def defer_state_updates(self) -> None:
+        """Queue training-time state updates until :meth:`sync_state` (called after every optimiser step)."""
+        return None
+
+    def sync_state(self, dist: Any) -> None:
+        """Apply the queued state updates of every process (``dist``: a ``DistContext``), in rank order."""
+        return None
+
 
 def branch_inputs(stream_widths: Mapping[str, int], per_stream: bool) -> list[tuple[tuple[str, ...], int]]:
     """The input of each branch of a multi-branch model: one branch per stream, or one on all streams

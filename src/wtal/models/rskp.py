@@ -123,6 +123,7 @@ class RSKP(StreamModel):
         self.dropout = nn.Dropout(hp.dropout)
         self.register_buffer("memory", torch.zeros(num_classes, hp.memory_slots, dim))
         self.register_buffer("memory_scores", torch.zeros(num_classes, hp.memory_slots))
+        self._queued: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     # ----------------------------------------------------------------------------------------- forward
     def expectation_maximization(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -179,6 +180,21 @@ class RSKP(StreamModel):
             top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :slots]
             self.memory_scores[classes] = torch.gather(scores, 1, top)
             self.memory[classes] = torch.gather(entries, 1, top.unsqueeze(-1).expand(-1, -1, entries.shape[-1]))
+
+    def defer_state_updates(self) -> None:
+        self._queued = []
+
+    def sync_state(self, dist) -> None:
+        """Every process applies all processes' queued memory updates, rank by rank, each in its own order:
+        the memories stay identical, and each video of a step reads the memory of the step's start."""
+        if self._queued is None:
+            return
+        mine = [tuple(t.cpu() for t in update) for update in self._queued]
+        self._queued = []
+        for updates in dist.all_gather_object(mine):
+            for mu, mu_pred, labels in updates:
+                self.update_memory(mu.to(self.memory.device), mu_pred.to(self.memory.device),
+                                   labels.to(self.memory.device))
 
     def reset_memory(self) -> None:
         self.memory.zero_()
@@ -238,7 +254,11 @@ class RSKP(StreamModel):
             mixed = hp.memory_target_weight * r.logits + (1.0 - hp.memory_target_weight) * m.logits
             target = torch.where(has_memory.bool()[:, None, None], mixed, m.logits)
             if self.training:
-                self.update_memory(out.extras["mu"].detach(), out.extras["mu_pred"].detach(), labels)
+                update = (out.extras["mu"].detach(), out.extras["mu_pred"].detach(), labels)
+                if self._queued is not None:
+                    self._queued.append(update)
+                else:
+                    self.update_memory(*update)
         spl = softened_cross_entropy(o.logits, target, mask, hp.spl_temperature)
         total = fore + hp.back_weight * back + hp.att_weight * att + self.spl_weight(epoch) * spl
         return {"total": total, "fore": fore, "back": back, "att": att, "spl": spl}
