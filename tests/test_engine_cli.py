@@ -1,11 +1,8 @@
-"""`wtal train` / `wtal predict` end to end, and 2-process DDP training on CPU (gloo)."""
+"""`wtal train` / `wtal predict` / `wtal localize --run` end to end; run folders from anywhere."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -81,26 +78,6 @@ def test_select_test_is_logged(tmp_path, tiny_data):  # noqa: F811
     assert "test" in json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
 
 
-def test_ddp_two_cpu_processes_match_one_process(tmp_path, tiny_data):  # noqa: F811
-    """2 ranks x (half of every global batch) with gradients all-reduced as a sum == 1 process (dropout 0)."""
-    cfg = tiny_run_yaml(tmp_path / "cfg.yaml", epochs=2, extra="")
-    args = ["train", "--config", str(cfg), "--data", str(tiny_data["wtalc"]), "--device", "cpu",
-            "--set", "train.eval_every=5"]
-    assert main([*args, "--out", str(tmp_path / "single")]) == 0
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "wtal.cli", *args, "--out", str(tmp_path / "ddp")],
-                          capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
-    assert b["world_size"] == 2 and len(b["rng"]) == 2
-    assert a["state"]["global_step"] == b["state"]["global_step"]
-    for key in a["model"]:  # equal up to float summation order
-        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-5, rtol=1e-4), key
-    assert (tmp_path / "ddp" / "report.json").is_file()
-
-
 @pytest.mark.parametrize("bad", ["cuda:7"])
 def test_cuda_request_without_cuda_is_an_input_error(tmp_path, tiny_data, bad):  # noqa: F811
     if torch.cuda.is_available():
@@ -108,3 +85,54 @@ def test_cuda_request_without_cuda_is_an_input_error(tmp_path, tiny_data, bad): 
     cfg = tiny_run_yaml(tmp_path / "cfg.yaml", epochs=1)
     assert main(["train", "--config", str(cfg), "--data", str(tiny_data["wtalc"]), "--out", str(tmp_path / "r"),
                  "--device", bad]) == 2
+
+
+def test_run_folders_are_portable_and_checked(tmp_path, monkeypatch, capsys):
+    """A run made with relative paths works from any directory, follows its data with --data, refuses data of
+    other classes or widths, and reuses its own post-processing in `wtal localize --run`."""
+    from test_engine_data import write_tiny
+
+    work = tmp_path / "work"
+    write_tiny(work / "data")
+    cfg = tiny_run_yaml(tmp_path / "cfg.yaml", epochs=2)
+    monkeypatch.chdir(work)
+    assert main(["train", "--config", str(cfg), "--data", "data/wtalc", "--out", "run", "--device", "cpu"]) == 0
+    run = work / "run"
+    assert json.loads((run / "data.json").read_text())["streams"] == {"rgb": 8, "flow": 8}
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    own = json.loads((run / "predictions" / "test.json").read_text())
+    assert main(["predict", "--run", str(run), "--out", "p.json", "--cas", "cas.npz"]) == 0
+    assert json.loads((elsewhere / "p.json").read_text()) == own
+
+    # the run's own recipe from its CAS file gives its own predictions; the bare preset does not know it
+    assert main(["localize", "--run", str(run), "--cas", "cas.npz", "--out", "l.json"]) == 0
+    assert json.loads((elsewhere / "l.json").read_text()) == own
+
+    (work / "data").rename(work / "moved")
+    assert main(["predict", "--run", str(run), "--out", "p2.json"]) == 2
+    assert "data path not found" in capsys.readouterr().err
+    assert main(["predict", "--run", str(run), "--out", "p2.json", "--data", str(work / "moved" / "wtalc")]) == 0
+    assert json.loads((elsewhere / "p2.json").read_text()) == own
+
+    write_tiny(tmp_path / "other", num_classes=4)
+    assert main(["predict", "--run", str(run), "--out", "p3.json", "--data", str(tmp_path / "other" / "wtalc")]) == 2
+    assert "4 classes instead of 3" in capsys.readouterr().err
+    write_tiny(tmp_path / "wide", dim=24)
+    assert main(["predict", "--run", str(run), "--out", "p3.json", "--data", str(tmp_path / "wide" / "wtalc")]) == 2
+    assert "'rgb' is 12-d instead of 8-d" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_does_not_fit_its_model_is_one_clear_error(tmp_path, tiny_data, capsys):  # noqa: F811
+    cfg = tiny_run_yaml(tmp_path / "cfg.yaml", epochs=1)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--data", str(tiny_data["wtalc"]), "--out", str(run)]) == 0
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    resolved["model"]["params"]["embed_dim"] = 5  # the weights were trained at the input width
+    (run / "config.yaml").write_text(yaml.safe_dump(resolved))
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert "weights do not fit the run's model" in err and "another shape" in err and "best.pt" in err
+    assert err.count("error:") == 1 and "Traceback" not in err

@@ -85,9 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("localize", "action instances from a CAS file of any model")
     s.add_argument("--cas", required=True, help="CAS.npz (see README: CAS file format)")
     s.add_argument("--out", required=True, help="result JSON to write")
-    s.add_argument("--method", choices=["fusion", "nms", "soft-nms"], default="fusion",
-                   help="how overlapping proposals are merged: Gaussian fusion or (soft) non-maximum suppression")
-    _post_processing_options(s, temperature="fusion softmax temperature (default: the preset's)")
+    s.add_argument("--run", default=None,
+                   help="start from this trained run's own post-processing recipe (its config's postprocess "
+                        "section; default: the preset's); the options below override it")
+    s.add_argument("--method", choices=["fusion", "nms", "soft-nms"], default=None,
+                   help="how overlapping proposals are merged: Gaussian fusion or (soft) non-maximum suppression "
+                        "(default: the run's, else fusion)")
+    _post_processing_options(s, temperature="fusion softmax temperature (default: the preset's)",
+                             preset_default=None)
     s.add_argument("--template", choices=["gaussian", "uniform", "exponential", "t"], default=None,
                    help="fusion weight template (default: the preset's, gaussian)")
     s.set_defaults(_target="wtal.localize.command:localize_command")
@@ -142,10 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _post_processing_options(s: argparse.ArgumentParser, *, temperature: str) -> None:
+def _post_processing_options(s: argparse.ArgumentParser, *, temperature: str, preset_default: str | None = "paper"
+                             ) -> None:
     """The localizer settings shared by ``localize`` and ``pseudolabel``."""
-    s.add_argument("--preset", choices=["paper", "reference"], default="paper",
-                   help="post-processing settings: the paper's or the reference code's")
+    s.add_argument("--preset", choices=["paper", "reference"], default=preset_default,
+                   help="post-processing settings: the paper's or the reference code's"
+                        + ("" if preset_default else " (default: the run's, else paper)"))
     s.add_argument("--temperature", type=float, default=None, help=temperature)
     s.add_argument("--temperature-mode", choices=["absolute", "relative"], default=None,
                    help="relative: the temperature is in units of each CAS column's range (scale-free) "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from torch import nn
 
 from wtal.errors import WtalInputError
@@ -26,17 +28,28 @@ MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
 
 
 def model_class(name: str) -> type[nn.Module]:
-    """The class registered under ``name``; an unknown name is a user error listing the known ones."""
+    """The class registered under ``name``, or ``module:Class`` for a model defined outside wtal (importable
+    from ``sys.path``); an unknown name is a user error listing the known ones."""
     key = name.strip().lower()
-    if key not in MODEL_CLASSES:
-        raise WtalInputError(f"unknown model name '{name}'", fix=f"use one of: {', '.join(MODEL_NAMES)}")
-    return MODEL_CLASSES[key]
+    if key in MODEL_CLASSES:
+        return MODEL_CLASSES[key]
+    if name.count(":") == 1 and all(name.split(":")):
+        module_name, attr = name.split(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise WtalInputError(f"model {name!r} cannot be imported ({exc})",
+                                 fix="put its module on PYTHONPATH, or use a shipped model") from exc
+    raise WtalInputError(f"unknown model name '{name}'",
+                         fix=f"use one of: {', '.join(MODEL_NAMES)}, or a 'module:Class' string")
 
 
 def check_hyperparameters(name: str, params: dict) -> None:
     """Raise :class:`WtalInputError` for an unknown model, an unknown hyperparameter or a value out of range
     (before any data is read or model built)."""
-    parse_hyperparameters(model_class(name).hyperparameters, name, params)
+    cls = model_class(name)
+    if hasattr(cls, "hyperparameters"):
+        parse_hyperparameters(cls.hyperparameters, name, params)
 
 
 def build_model(name: str, context: ModelContext, **params) -> nn.Module:
