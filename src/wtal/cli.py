@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cas", required=True, help="CAS.npz (see README: CAS file format)")
     s.add_argument("--out", required=True, help="result JSON to write")
     s.add_argument("--run", default=None,
-                   help="start from this trained run's own post-processing recipe (its config's postprocess "
-                        "section; default: the preset's); the options below override it")
+                   help="start from this trained run's own post-processing recipe, its config's postprocess "
+                        "section, which the options below override (default: the preset's)")
     s.add_argument("--method", choices=["fusion", "nms", "soft-nms"], default=None,
                    help="how overlapping proposals are merged: Gaussian fusion or (soft) non-maximum suppression "
                         "(default: the run's, else fusion)")
