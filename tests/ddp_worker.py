@@ -37,6 +37,7 @@ def config(model: str, batch: int, data: str, timeout: float = 60.0):
 def train(data: str, out: Path) -> None:
     torch.set_num_threads(1)
     ctx = init_distributed(torch.device("cpu"))
+    finished = False
     try:
         for model in MODELS:
             for batch in BATCH_SIZES:
@@ -48,8 +49,9 @@ def train(data: str, out: Path) -> None:
                     assert all(torch.equal(values[0], v) for v in values[1:]), f"{model} b{batch}: {name} differs"
                 if ctx.is_main:
                     torch.save(state, out / f"{model}_b{batch}.pt")
+        finished = True
     finally:
-        shutdown_distributed(ctx)
+        shutdown_distributed(ctx, finished=finished)
 
 
 def fail(data: str, timeout: float) -> None:

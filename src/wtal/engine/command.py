@@ -41,13 +41,15 @@ def train_command(config: str, data: str, out: str, epochs: int | None = None, s
             cfg = _run_config(run_dir, config, data, epochs, seed, overrides or [], resume)
             torch_device = resolve_device(device)
             ctx = init_distributed(torch_device, cfg.train.collective_timeout_s)
+            finished = False
             try:
                 from wtal.engine.trainer import Trainer
 
                 apply_process_settings(cfg, torch_device)
                 Trainer(cfg, run_dir, device=torch_device, dist=ctx).fit(resume=resume)
+                finished = True
             finally:
-                shutdown_distributed(ctx)
+                shutdown_distributed(ctx, finished=finished)
         except WtalInputError as exc:
             log_failure_to_file(f"error: {exc}")
             raise

@@ -96,8 +96,12 @@ def init_distributed(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S)
     return DistContext(rank, world, local_rank)
 
 
-def shutdown_distributed(ctx: DistContext) -> None:
+def shutdown_distributed(ctx: DistContext, *, finished: bool = True) -> None:
+    """Leave the process group. After a normal end (``finished``) every rank first waits for the others, so
+    none tears its connections down while another still uses them; after an error it leaves at once."""
     if ctx.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
