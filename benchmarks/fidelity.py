@@ -645,7 +645,7 @@ def steps_folders(model_name: str, ref_path: Path, root: Path, dim: int, classes
         total = wtal_losses(wtal, data, label, 0)["total"]
         (total.sum() if s.reduction == "sum" else total.mean()).backward()
         optimizer.step()
-        wtal_losses_.append(float(total.mean()))
+        wtal_losses_.append(float(total.detach().mean()))
     return {"ref": ref_losses, "wtal": wtal_losses_, "per_step": 1,
             "setting": f"batch {batch} x 750 snippets, lr {lr:g}, hidden width {s.width or 2048}, "
                        f"wtal batch reduction {s.reduction}"}
