@@ -727,8 +727,7 @@ def evaluate_json(pred: Path, gt: Path) -> dict:
     subprocess.run([sys.executable, "-m", "wtal.cli", "eval", "--pred", str(pred), "--gt", str(gt), "--tiou",
                     ",".join(str(t) for t in TIOU), "--json", str(out)], check=True, env=_env(),
                    stdout=subprocess.DEVNULL)
-    raw = json.loads(out.read_text())
-    values = [100.0 * float(v) for v in raw["mAP"]]
+    values = [float(v) for v in json.loads(out.read_text())["mAP"]]  # already in percent
     return {"map": values, "avg": float(np.mean(values))}
 
 
