@@ -854,13 +854,15 @@ def main(argv: list[str] | None = None) -> int:
         rows: dict[str, dict] = {"reference": {}, "wtal": {}}
         for seed in seeds:
             if not a.wtal_only:
-                ref_json, wall, cpu = end2end_reference(a.model, ref_path, data_root if layout_name == "folders"
-                                                    else out / "data" / "wtalc", out / "runs" / f"ref_seed{seed}",
+                ref_root = data_root if layout_name == "folders" else out / "data" / "wtalc"
+                ref_json, wall, cpu = end2end_reference(a.model, ref_path, ref_root,
+                                                        out / "runs" / f"{a.model}_ref_seed{seed}",
                                                         sched, seed, dim, classes, width)
                 rows["reference"][seed] = {**evaluate_json(ref_json, gt), "wall_s": wall, "cpu_s": cpu,
                                            "cpu_s_per_epoch": cpu / sched.epochs}
-            wt_json, wall, cpu, train_s = end2end_wtal(a.model, wtalc_root, out / "runs" / f"wtal{a.tag}_seed{seed}",
-                                                       a.epochs, seed, [x for s in a.wtal_set for x in ("--set", s)])
+            wtal_run = out / "runs" / f"{a.model}_wtal{a.tag}_seed{seed}"
+            wt_json, wall, cpu, train_s = end2end_wtal(a.model, wtalc_root, wtal_run, a.epochs, seed,
+                                                       [x for s in a.wtal_set for x in ("--set", s)])
             rows["wtal"][seed] = {**evaluate_json(wt_json, gt), "wall_s": wall, "cpu_s": cpu,
                                   "cpu_s_per_epoch": cpu / sched.epochs, "train_s_per_epoch": train_s}
             ref_text = f"{rows['reference'][seed]['avg']:.1f}" if seed in rows["reference"] else "-"
