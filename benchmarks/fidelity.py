@@ -88,6 +88,7 @@ from wtal.data.synthetic import SynthConfig, generate  # noqa: E402
 from wtal.data.timebase import FeatureLayout  # noqa: E402
 from wtal.data.wtalc import write_wtalc_bundle  # noqa: E402
 from wtal.models.factory import build_model  # noqa: E402
+from wtal.models.masked import l2_normalize  # noqa: E402
 
 WTALC_NAME = "Thumos14reduced"  # RSKP's and FAC-Net's Processor accept no other dataset name
 TIOU = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -218,6 +219,7 @@ class ShimOptions:
     classes: list[str]
     width: int | None = None  # BaS-Net/WUM hidden width (None: the reference's 2048)
     test_last_only: int | None = None  # BaS-Net/WUM: evaluate only at this step
+    l2_eps: float | None = None  # FAC-Net: an epsilon in its L2 normalisation (None: as published, none)
 
 
 def install_shims(opts: ShimOptions) -> None:
@@ -239,6 +241,9 @@ def install_shims(opts: ShimOptions) -> None:
                 elif action.dest in ("dropout", "lambda_a", "lambda_b", "lambda_s", "lambda_cw", "lambda_ca",
                                      "lambda_mil"):
                     action.type = float
+        if opts.l2_eps is not None:
+            branch = importlib.import_module("model.main_branch")
+            branch.calculate_l1_norm = lambda f: l2_normalize(f, opts.l2_eps)
         evaluation = importlib.import_module("evaluation.eval")
         evaluation.np = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
         evaluation.np.array = _ragged_array(np.array)
@@ -732,7 +737,8 @@ def evaluate_json(pred: Path, gt: Path) -> dict:
 
 
 def end2end_reference(model_name: str, ref_path: Path, data_root: Path, run: Path, sched: Schedule, seed: int,
-                      dim: int, classes: list[str], width: int | None) -> tuple[Path, float, float]:
+                      dim: int, classes: list[str], width: int | None, l2_eps: float | None = None
+                      ) -> tuple[Path, float, float]:
     """Train and test the reference on the short schedule; return its ActivityNet result file and times."""
     run.mkdir(parents=True, exist_ok=True)
     env = _env()
@@ -745,7 +751,7 @@ def end2end_reference(model_name: str, ref_path: Path, data_root: Path, run: Pat
         wall, cpu = run_timed(_reference_cmd("rskp", ref_path, "main.py", shims, args), run, run / "reference.log", env)
         return run / "detections.json", wall, cpu
     if model_name == "facnet":
-        shims = ShimOptions("facnet", dim, classes)
+        shims = ShimOptions("facnet", dim, classes, l2_eps=l2_eps)
         common = ["--dataset-root", f"{data_root}/", "--dataset-name", WTALC_NAME, "--inp-feat-num", str(dim // 2),
                   "--out-feat-num", str(dim // 2), "--class-num", str(len(classes))]
         wall = cpu = 0.0
@@ -820,6 +826,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="BaS-Net/WUM step comparison: wtal's per-video sum or the reference's batch mean")
     p.add_argument("--wtal-set", action="append", default=[], help="extra --set for the wtal end-to-end run")
     p.add_argument("--wtal-only", action="store_true", help="end to end: skip the reference runs")
+    p.add_argument("--reference-l2-eps", type=float, default=None,
+                   help="FAC-Net end to end: add this epsilon to the reference's L2 normalisation (as published it "
+                        "has none, and its loss turns NaN on 128-d streams)")
     p.add_argument("--tag", default="", help="suffix of the run folders and of the JSON report")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -857,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
                 ref_root = data_root if layout_name == "folders" else out / "data" / "wtalc"
                 ref_json, wall, cpu = end2end_reference(a.model, ref_path, ref_root,
                                                         out / "runs" / f"{a.model}_ref_seed{seed}",
-                                                        sched, seed, dim, classes, width)
+                                                        sched, seed, dim, classes, width, a.reference_l2_eps)
                 rows["reference"][seed] = {**evaluate_json(ref_json, gt), "wall_s": wall, "cpu_s": cpu,
                                            "cpu_s_per_epoch": cpu / sched.epochs}
             wtal_run = out / "runs" / f"{a.model}_wtal{a.tag}_seed{seed}"

@@ -131,3 +131,16 @@ def test_same_start_same_steps_agree_with_the_reference(tmp_path, tiny_set, mode
     summary = fidelity.summarize_steps(result)
     assert summary["steps"] == 3
     assert summary["max_rel_loss"] < 1e-5, summary
+
+
+def test_facnet_l2_eps_zero_reproduces_the_reference_nan():
+    """All-zero features with zero biases give all-zero embeddings: the reference's epsilon-free L2 normalisation
+    (``l2_eps=0``) is 0/0 there, wtal's default is finite."""
+    import torch
+
+    from wtal.models.factory import build_model
+
+    features, labels = torch.zeros(1, 6, 8), torch.tensor([[1.0, 0.0, 0.0]])
+    fixed = fidelity.wtal_losses(build_model("facnet", 8, 3).eval(), features, labels, 0)["total"]
+    reference = fidelity.wtal_losses(build_model("facnet", 8, 3, l2_eps=0.0).eval(), features, labels, 0)["total"]
+    assert torch.isfinite(fixed).all() and torch.isnan(reference).all()
