@@ -11,7 +11,8 @@ The script only imports or runs it; every change it needs on a current Python/nu
 from outside, in :func:`install_shims` (no file of the checkout is edited):
 
 * CPU: ``Tensor.cuda`` / ``Module.cuda`` are no-ops (BaS-Net, WUM call ``.cuda()`` unconditionally);
-* numpy: ``np.load`` allows pickles (the W-TALC annotation files are pickled object arrays; numpy >= 1.16.3
+* numpy: ``np.float`` is ``float`` again for BaS-Net/WUM's evaluator, whose ``joblib.Parallel`` runs in-process
+  (fresh worker processes would lack the alias); ``np.load`` allows pickles (the W-TALC annotation files are pickled object arrays; numpy >= 1.16.3
   refuses them by default) and ``np.array`` of per-video arrays of different lengths falls back to an object
   array (numpy >= 1.24 raises instead);
 * torch: ``torch.solve(B, A)`` (RSKP; removed in torch 2) is ``(torch.linalg.solve(A, B), A)``;
@@ -269,6 +270,10 @@ def install_shims(opts: ShimOptions) -> None:
             args.r_act, args.r_bkg = int(args.r_act), int(args.r_bkg)
             return args
         options.parse_args = parse_args
+    if not hasattr(np, "float"):  # their evaluator's ``astype(np.float)`` (alias removed in numpy 1.24)
+        np.float = float
+    detection = importlib.import_module("eval.eval_detection")
+    detection.Parallel = SerialParallel  # joblib workers would import numpy afresh, without the alias
     if opts.test_last_only is not None:
         test_module = importlib.import_module("test")
         original_test = test_module.test
@@ -280,6 +285,16 @@ def install_shims(opts: ShimOptions) -> None:
             test_info["average_mAP"].append(-math.inf)  # read by main.py's best-model check
             return None
         test_module.test = test
+
+
+class SerialParallel:
+    """``joblib.Parallel(n_jobs=...)(tasks)`` run in this process, one task after another."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, tasks):
+        return [func(*args, **kwargs) for func, args, kwargs in tasks]
 
 
 @contextlib.contextmanager
@@ -773,7 +788,7 @@ def end2end_reference(model_name: str, ref_path: Path, data_root: Path, run: Pat
             "--log_path", str(run / "logs"), "--lr", f"[{sched.lr!r}]*{steps}", "--batch_size", str(sched.batch),
             "--num_workers", "0", "--seed", str(seed)]
     wall, cpu = run_timed(_reference_cmd(model_name, ref_path, "main.py", shims, args), run, run / "reference.log", env)
-    return run / "outputs" / "temp_result.json", wall, cpu
+    return run / "outputs" / ("temp_result.json" if model_name == "basnet" else "result.json"), wall, cpu
 
 
 def sched_steps(data_root: Path, sched: Schedule) -> int:
