@@ -11,10 +11,10 @@ The script only imports or runs it; every change it needs on a current Python/nu
 from outside, in :func:`install_shims` (no file of the checkout is edited):
 
 * CPU: ``Tensor.cuda`` / ``Module.cuda`` are no-ops (BaS-Net, WUM call ``.cuda()`` unconditionally);
-* numpy: ``np.float`` is ``float`` again for BaS-Net/WUM's evaluator, whose ``joblib.Parallel`` runs in-process
-  (fresh worker processes would lack the alias); ``np.load`` allows pickles (the W-TALC annotation files are pickled object arrays; numpy >= 1.16.3
-  refuses them by default) and ``np.array`` of per-video arrays of different lengths falls back to an object
-  array (numpy >= 1.24 raises instead);
+* numpy: ``np.load`` allows pickles (the W-TALC annotation files are pickled object arrays; numpy >= 1.16.3
+  refuses them by default); ``np.array`` of per-video arrays of different lengths falls back to an object
+  array (numpy >= 1.24 raises instead); ``np.float`` is ``float`` again for BaS-Net/WUM's evaluator, whose
+  ``joblib.Parallel`` runs in-process (fresh worker processes would lack the alias);
 * torch: ``torch.solve(B, A)`` (RSKP; removed in torch 2) is ``(torch.linalg.solve(A, B), A)``;
 * ``tensorboard_logger`` is replaced by an in-memory stub (it only logs);
 * argument types: RSKP's ``--warmup-epoch``/``--dropout``/``--lambda-*`` and FAC-Net's ``--dropout``/``--lambda-*``
@@ -271,7 +271,7 @@ def install_shims(opts: ShimOptions) -> None:
             return args
         options.parse_args = parse_args
     if not hasattr(np, "float"):  # their evaluator's ``astype(np.float)`` (alias removed in numpy 1.24)
-        np.float = float
+        np.float = float  # noqa: NPY001 -- restores the alias the reference uses
     detection = importlib.import_module("eval.eval_detection")
     detection.Parallel = SerialParallel  # joblib workers would import numpy afresh, without the alias
     if opts.test_last_only is not None:
