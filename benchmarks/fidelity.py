@@ -301,6 +301,7 @@ class SerialParallel:
 def reference_on_path(path: Path) -> Iterator[None]:
     """Import from ``path``; afterwards drop its modules and restore numpy/torch attributes the shims replace."""
     saved = (np.load, torch.Tensor.cuda, torch.nn.Module.cuda, getattr(torch, "solve", None))
+    had_float = hasattr(np, "float")
     sys.path.insert(0, str(path))
     try:
         yield
@@ -310,6 +311,8 @@ def reference_on_path(path: Path) -> Iterator[None]:
             if name.split(".")[0] in REFERENCE_MODULES:
                 del sys.modules[name]
         np.load, torch.Tensor.cuda, torch.nn.Module.cuda = saved[:3]
+        if not had_float and hasattr(np, "float"):
+            del np.float
         if saved[3] is None:
             if hasattr(torch, "solve"):
                 del torch.solve
