@@ -312,7 +312,7 @@ def reference_on_path(path: Path) -> Iterator[None]:
                 del sys.modules[name]
         np.load, torch.Tensor.cuda, torch.nn.Module.cuda = saved[:3]
         if not had_float and hasattr(np, "float"):
-            del np.float
+            del np.float  # noqa: NPY001
         if saved[3] is None:
             if hasattr(torch, "solve"):
                 del torch.solve
