@@ -95,6 +95,45 @@ def test_training_matches_the_reference_accumulation_loop(tmp_path, tiny_data, m
         assert torch.allclose(p.grad, g, atol=1e-5)
 
 
+def test_batch_reduction_mean_steps_on_the_mean_loss_of_each_batch(tmp_path, tiny_data):  # noqa: F811
+    """``optim.batch_reduction: mean`` (BaS-Net, WUM: one mean loss over a true batch) == the accumulation loop
+    with each video's loss divided by the batch size. With Adam this differs from the summed gradient only
+    through the L2 weight decay, so a strong decay makes the two visibly different."""
+    sets = ["train.eval_every=10", "optim.weight_decay=0.5", "optim.batch_reduction=mean"]
+    cfg = _cfg(tmp_path, tiny_data, epochs=2, sets=sets)
+    trainer = Trainer(cfg, None, device="cpu")
+    for epoch in range(cfg.train.epochs):
+        trainer.train_epoch(epoch)
+
+    def accumulation_loop(scale: float) -> torch.nn.Module:
+        seed_everything(cfg.train.seed)
+        task = build_task(cfg.task)
+        data = task.prepare_data(cfg, run_streams(cfg))
+        model = build_section_model(cfg.model, task, data)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                               weight_decay=cfg.optim.weight_decay)
+        gen = torch.Generator()
+        gen.manual_seed(cfg.train.seed)
+        counter = 0
+        for epoch in range(cfg.train.epochs):
+            for i in torch.randperm(len(data.train), generator=gen).tolist():
+                batch = data.train.collate([data.train[i]])
+                out = model(batch)
+                (scale * model.losses(out, batch, epoch)["total"].sum()).backward()
+                counter += 1
+                if counter % cfg.data.batch_size == 0:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+        return model
+
+    mean_loop, sum_loop = accumulation_loop(1.0 / cfg.data.batch_size), accumulation_loop(1.0)
+    trained = trainer.model.state_dict()
+    for (name, a), b in zip(trained.items(), mean_loop.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(trained.values(), sum_loop.state_dict().values(),
+                                                                     strict=True))
+
+
 class ConstantPlugin:
     """A plug-in adding ``weight * (model total)`` per video; optionally kills the run at an epoch."""
 

@@ -7,7 +7,7 @@ Sections::
     model:       {name, streams: [rgb, flow], params: {...}}   # -> wtal.models.build_model(name, context, **params)
     data:        {path, val_fraction, val_seed, batch_size, eval_batch_size, max_batch_snippets,
                   cache, train_subset, test_subset}
-    optim:       {name, lr, betas, weight_decay, grad_clip,
+    optim:       {name, lr, betas, weight_decay, grad_clip, batch_reduction,
                   schedule: {type: constant|step, milestones, factors, warmup_epochs}}
     train:       {epochs, eval_every, seed, select: val|last|test, deterministic, tensorboard, progress,
                   num_threads, keep_freed_memory}
@@ -149,6 +149,10 @@ class OptimConfig:
     betas: list[float] = in_range([0.9, 0.999], BELOW_ONE)  # Adam's decay rates of the moment estimates
     weight_decay: float = in_range(0.0, NON_NEGATIVE)
     grad_clip: float | None = in_range(None, POSITIVE)  # max global gradient norm per step (None: no clipping)
+    # sum: a step's gradient is the sum of its videos' gradients (RSKP, FAC-Net: one backward() per video);
+    # mean: divided by the step's video count (BaS-Net, WUM: a mean loss over a true batch). With Adam the two
+    # differ only in how strongly the L2 weight decay, added to the gradient, weighs against it.
+    batch_reduction: str = "sum"
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     short_schedule: ShortScheduleConfig = field(default_factory=ShortScheduleConfig)
     width_scaling: WidthScalingConfig = field(default_factory=WidthScalingConfig)
@@ -159,6 +163,8 @@ class OptimConfig:
             raise _bad("optim.name", self.name, "use 'adam' or 'adamw'")
         if len(self.betas) != 2:
             raise _bad("optim.betas", self.betas, "give two numbers, e.g. [0.9, 0.999]")
+        if self.batch_reduction not in ("sum", "mean"):
+            raise _bad("optim.batch_reduction", self.batch_reduction, "use 'sum' or 'mean'")
         self.schedule.validate()
         self.short_schedule.validate()
         self.width_scaling.validate()

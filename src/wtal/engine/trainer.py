@@ -2,7 +2,8 @@
 
 One optimiser step per ``data.batch_size`` videos. The loss of a batch is the **sum** of the per-video
 totals (model losses plus plug-in losses), so a padded batch gives the gradient that the reference codes
-accumulate with one ``backward()`` per video.
+accumulate with one ``backward()`` per video. ``optim.batch_reduction: mean`` divides the step's gradient by
+its number of videos (the references that average one loss over a true batch).
 
 Micro-batches: a step's videos (the same random draw) are run as length-sorted padded micro-batches of at
 most ``data.max_batch_snippets`` padded snippets (:func:`wtal.engine.rundata.plan_micro_batches`), one
@@ -295,6 +296,10 @@ class Trainer:
     def step(self, epoch: int) -> None:
         params = self.trainable_parameters()
         self._reduce_gradients(params)
+        if self.cfg.optim.batch_reduction == "mean":  # the references' mean loss over a true batch
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(self.state.pending)
         lr = learning_rate(self.cfg.optim, epoch, self.state.global_step, self.steps_per_epoch, self.input_dim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -45,13 +45,16 @@ class FACNetHyperparameters:
     ca_weight: float = in_range(0.1, NON_NEGATIVE)
     mil_weight: float = in_range(0.1, NON_NEGATIVE)
     test_stream_weights: tuple[float, ...] = in_range((0.5, 0.5), NON_NEGATIVE)  # one per stream branch (RGB, flow)
+    # epsilon of the L2 normalisations; 0 reproduces the reference, whose all-zero embedding rows (dead ReLUs
+    # under dropout) give 0/0 = NaN: on 128-d streams its training loss became NaN at epoch 20 of 40
+    l2_eps: float = in_range(1e-9, NON_NEGATIVE)
 
 
 class FACNetStream(nn.Module):
     """One modality: embedding, centres and the three branches. Returns video logits and snippet logits."""
 
     def __init__(self, input_dim: int, num_classes: int, embed_dim: int, dropout: float, scale: float,
-                 temperatures: tuple[float, ...]):
+                 temperatures: tuple[float, ...], l2_eps: float = 1e-9):
         super().__init__()
         self.embedding = nn.Sequential(nn.Linear(input_dim, input_dim), nn.ReLU(), nn.Dropout(dropout),
                                        nn.Linear(input_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout))
@@ -64,19 +67,21 @@ class FACNetStream(nn.Module):
                 nn.init.zeros_(layer.bias)
         self.scale = scale
         self.temperatures = temperatures
+        self.l2_eps = l2_eps
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         emb = masked_fill_zero(self.embedding(x), mask)
-        emb_unit = l2_normalize(emb)
-        centers, fg = l2_normalize(self.class_centers), l2_normalize(self.fg_center)
+        eps = self.l2_eps
+        emb_unit = l2_normalize(emb, eps)
+        centers, fg = l2_normalize(self.class_centers, eps), l2_normalize(self.fg_center, eps)
         logits = self.scale * emb_unit @ centers.T  # (B, T, C+1)
         fg_logits = self.scale * (emb_unit @ fg.T).squeeze(-1)  # (B, T)
         cw, ca, mil = [], [], []
         for tau in self.temperatures:
             cls_att = masked_softmax(tau * logits, mask)  # (B, T, C+1)
             fg_att = masked_softmax(tau * fg_logits, mask)  # (B, T)
-            cw_feat = l2_normalize(torch.einsum("btd,btc->bcd", emb, cls_att))
-            ca_feat = l2_normalize(torch.einsum("btd,bt->bd", emb, fg_att))
+            cw_feat = l2_normalize(torch.einsum("btd,btc->bcd", emb, cls_att), eps)
+            ca_feat = l2_normalize(torch.einsum("btd,bt->bd", emb, fg_att), eps)
             cw.append((cw_feat @ fg.T).squeeze(-1))
             ca.append(ca_feat @ centers.T)
             mil.append((logits * cls_att).sum(dim=1))
@@ -101,7 +106,8 @@ class FACNet(StreamModel):
                                  f"{len(hp.test_stream_weights)} test_stream_weights",
                                  fix="give one test weight per stream of model.streams")
         self.streams = nn.ModuleList(
-            FACNetStream(width, num_classes, hp.embed_dim or width, hp.dropout, hp.scale, hp.temperatures)
+            FACNetStream(width, num_classes, hp.embed_dim or width, hp.dropout, hp.scale, hp.temperatures,
+                         hp.l2_eps)
             for _, width in self.branch_inputs)
 
     @property
