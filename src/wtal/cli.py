@@ -31,11 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(_target="wtal.data.synthetic:synth_command")
 
-    s = sub.add_parser("eval", help="detection mAP of an ActivityNet-format result file")
-    s.add_argument("--pred", required=True, help="result JSON (ActivityNet format)")
-    s.add_argument("--gt", required=True, help="gt.json, ActivityNet JSON, or a W-TALC annotation folder")
+    s = sub.add_parser("eval", help="detection mAP of an ActivityNet-format result file (or grounding recall)")
+    s.add_argument("--task", choices=["detection", "grounding"], default="detection",
+                   help="grounding: R@1/R@5/mIoU of a grounding result file against a query file")
+    s.add_argument("--pred", required=True, help="result JSON (ActivityNet format, or a grounding result file)")
+    s.add_argument("--gt", required=True, help="gt.json, ActivityNet JSON, or a W-TALC annotation folder "
+                   "(grounding: a query JSON such as test.json, or Charades-STA lines with --durations)")
     s.add_argument("--subset", default=None, help="ground-truth subset (default: 'test' if present, else 'validation')")
-    s.add_argument("--tiou", type=_floats, default=None, help="comma-separated tIoU thresholds")
+    s.add_argument("--tiou", type=_floats, default=None,
+                   help="comma-separated tIoU thresholds (grounding default: 0.1,0.3,0.5,0.7)")
+    s.add_argument("--durations", default=None, help="grounding: video durations (JSON or CSV) for text annotations")
     s.add_argument("--mode", choices=["anet", "wtalc"], default="anet")
     s.add_argument("--json", dest="json_out", default=None, help="write thresholds, mAP and average here")
     s.set_defaults(_target="wtal.evaluation.command:eval_command")

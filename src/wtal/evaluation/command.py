@@ -18,14 +18,23 @@ def default_subset(subsets: Sequence[str]) -> str:
 
 
 def eval_command(pred: str, gt: str, subset: str | None = None, tiou: Sequence[float] | None = None,
-                 mode: str = "anet", json_out: str | None = None) -> int:
+                 mode: str = "anet", json_out: str | None = None, task: str = "detection",
+                 durations: str | None = None) -> int:
     """Evaluate ``pred`` against ``gt`` and print the table; write ``json_out`` when given. Returns 0.
+
+    ``task`` ``grounding`` evaluates a sentence-grounding result file against a query file instead (see
+    :func:`~wtal.evaluation.grounding.grounding_eval_command`; ``tiou`` then gives the IoU thresholds and
+    ``durations`` a durations file for Charades-STA text annotations).
 
     ``subset`` defaults to ``test`` when the ground truth has one, else ``validation``; ``tiou`` defaults to
     0.1:0.1:0.7 for ground truth with a ``test`` subset (THUMOS14) and 0.5:0.05:0.95 otherwise (ActivityNet).
     ``mode`` is ``anet`` (official ActivityNet semantics) or ``wtalc`` (W-TALC snippet-grid compatibility,
     with the annotation's Ambiguous segments and snippet rate).
     """
+    if task == "grounding":
+        return _grounding(pred, gt, subset, tiou, mode, json_out, durations)
+    if task != "detection":
+        raise WtalInputError(f"unknown task {task!r}", fix="use --task detection or --task grounding")
     from wtal.data.sources import load_annotations  # lazy: the data layer is heavier than the evaluator
 
     annotations = load_annotations(gt)
@@ -56,6 +65,17 @@ def eval_command(pred: str, gt: str, subset: str | None = None, tiou: Sequence[f
     if json_out:
         write_json_atomic(Path(json_out), {**report.to_json(), "mode": mode, "subset": subset}, indent=1)
     return 0
+
+
+def _grounding(pred: str, gt: str, subset: str | None, tiou: Sequence[float] | None, mode: str,
+               json_out: str | None, durations: str | None) -> int:
+    from wtal.data.grounding import read_durations
+    from wtal.evaluation.grounding import grounding_eval_command
+
+    if subset is not None or mode != "anet":
+        raise WtalInputError("--subset and --mode apply to detection only", path=gt,
+                             fix="drop them with --task grounding (the query file is the evaluated split)")
+    return grounding_eval_command(pred, gt, tiou, json_out, read_durations(durations) if durations else None)
 
 
 def _header(pred, gt, subset: str, mode: str, n_gt: int, n_det: int, report: DetectionReport) -> str:
