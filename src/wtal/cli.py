@@ -24,10 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wtal", description="Weakly-supervised temporal action localization.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("synth", help="write a synthetic THUMOS-like dataset (W-TALC bundle + per-video folders)")
+    s = sub.add_parser("synth", help="write a synthetic THUMOS-like dataset (W-TALC bundle + per-video folders), "
+                       "or a Charades-STA-like grounding set")
+    s.add_argument("--task", choices=["detection", "grounding"], default="detection",
+                   help="grounding: sentences + features/{rgb,flow}/VIDEO.npy + train.json/test.json")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--dim", type=int, default=2048, help="joint feature dimension (RGB half + flow half)")
-    s.add_argument("--videos", type=int, default=412, help="number of videos (about half train, half test)")
+    s.add_argument("--dim", type=int, default=None,
+                   help="joint feature dimension, RGB half + flow half (default 2048; grounding 1024)")
+    s.add_argument("--videos", type=int, default=None,
+                   help="number of videos (default 412, about half train, half test; grounding 6000, a fifth test)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(_target="wtal.data.synthetic:synth_command")
 
