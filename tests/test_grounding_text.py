@@ -18,6 +18,7 @@ from wtal.data.text import (
     Vocabulary,
     build_vocabulary,
     encode_sentences,
+    installed_minilm_path,
     masking_weights,
     minilm_word_vectors,
     read_vocabulary,
@@ -164,3 +165,15 @@ def test_real_minilm_vectors_relate_words():
     cos = lambda a, b: float(unit[vocab.id(a)] @ unit[vocab.id(b)])  # noqa: E731
     assert cos("opens", "opening") > cos("opens", "sandwich") + 0.3
     assert cos("door", "window") > cos("door", "eating")
+
+
+def test_installed_minilm_is_found_without_importing_it(tmp_path, monkeypatch):
+    package = tmp_path / "site" / "all_minilm_l6_v2"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('the package must not be imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert installed_minilm_path() is None  # installed without its model.zip
+    _fake_minilm(tmp_path / "model")
+    _zip_folder(tmp_path / "model", package / "model.zip")
+    assert installed_minilm_path() == package / "model.zip"
+    assert minilm_word_vectors(installed_minilm_path(), build_vocabulary(["door"]))[0].shape == (3, 3)

