@@ -61,21 +61,33 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
 
-    s = command("synth", "write a synthetic THUMOS-like dataset (W-TALC bundle + per-video folders)")
+    s = command("synth", "write a synthetic THUMOS-like dataset (W-TALC bundle + per-video folders), or a "
+                         "Charades-STA-like sentence-grounding set")
+    s.add_argument("--task", choices=["detection", "grounding"], default="detection",
+                   help="grounding: sentences + features/{rgb,flow}/VIDEO.npy + train.json/test.json")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--dim", type=int, default=2048, help="joint feature dimension (RGB half + flow half)")
-    s.add_argument("--videos", type=int, default=412, help="number of videos (about half train, half test)")
+    s.add_argument("--dim", type=int, default=None,
+                   help="joint feature dimension, RGB half + flow half (default: 2048; grounding 1024)")
+    s.add_argument("--videos", type=int, default=None,
+                   help="number of videos (default: 412, about half train, half test; grounding 6000, a fifth "
+                        "test)")
     s.add_argument("--seed", type=int, default=0, help="random seed of the generator")
     s.set_defaults(_target="wtal.data.synthetic:synth_command")
 
-    s = command("eval", "detection mAP of an ActivityNet-format result file")
-    s.add_argument("--pred", required=True, help="result JSON (ActivityNet format)")
-    s.add_argument("--gt", required=True, help="gt.json, ActivityNet JSON, or a W-TALC annotation folder")
+    s = command("eval", "detection mAP of an ActivityNet-format result file, or grounding recall")
+    s.add_argument("--task", choices=["detection", "grounding"], default="detection",
+                   help="grounding: R@1/R@5/mIoU of a grounding result file against a query file")
+    s.add_argument("--pred", required=True, help="result JSON (ActivityNet format, or a grounding result file)")
+    s.add_argument("--gt", required=True, help="gt.json, ActivityNet JSON, or a W-TALC annotation folder "
+                                               "(grounding: a query JSON such as test.json, or Charades-STA "
+                                               "lines with --durations)")
     s.add_argument("--subset", default=None,
                    help="ground-truth subset (default: 'test' if present, else 'validation')")
     s.add_argument("--tiou", default=None,
-                   help="comma-separated tIoU thresholds in (0, 1] (default: 0.1,0.2,...,0.7 when the ground truth has "
-                        "a 'test' subset, else 0.5,0.55,...,0.95)")
+                   help="comma-separated tIoU thresholds in (0, 1] (default: 0.1,0.2,...,0.7 when the ground truth "
+                        "has a 'test' subset, else 0.5,0.55,...,0.95; grounding 0.1,0.3,0.5,0.7)")
+    s.add_argument("--durations", default=None,
+                   help="grounding: video durations (JSON or CSV) for text annotations (default: none needed)")
     s.add_argument("--mode", choices=["anet", "wtalc"], default="anet",
                    help="anet: official ActivityNet scoring; wtalc: W-TALC snippet-grid compatibility")
     s.add_argument("--json", dest="json_out", default=None,

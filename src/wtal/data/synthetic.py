@@ -505,16 +505,25 @@ def _video_features(world: _World, cfg: SynthConfig, plan: _Plan, index: int, ch
     d = cfg.dim // 2
     out = np.empty((T, cfg.dim), dtype=np.float32)
     for m in (_RGB, _FLOW):
-        z = _ar1(rng.standard_normal((T, d), dtype=np.float32), cfg.noise_ar)
-        z *= np.float32(math.exp(cfg.noise_level_sd * rng.standard_normal()))
-        z += coefs[m] @ world.atoms[m]
-        z += channel_bias[m] + np.float32(cfg.domain_bias_sd * rng.standard_normal())
-        k = np.float32(cfg.softplus_sharpness)
-        z *= k
-        np.logaddexp(np.float32(0.0), z, out=z)  # softplus(k z): smooth ReLU, never negative
-        gain = cfg.output_scale * math.exp(cfg.domain_gain_sd * rng.standard_normal()) / cfg.softplus_sharpness
-        np.multiply(z, np.float32(gain), out=out[:, m * d:(m + 1) * d])
+        out[:, m * d:(m + 1) * d] = _stream_features(rng, cfg, coefs[m], world.atoms[m], channel_bias[m])
     return out, labels, phase
+
+
+def _stream_features(rng: np.random.Generator, cfg, coefs: np.ndarray, atoms: np.ndarray,
+                     channel_bias: np.ndarray) -> np.ndarray:
+    """One modality's ``(T, d)`` features from its ``(T, n_atoms)`` coefficients: AR(1) noise at a per-video
+    level, plus the atoms, channel and per-video bias, then ``s_v * output_scale * softplus(k z) / k``.
+
+    ``cfg`` needs ``noise_ar``, ``noise_level_sd``, ``domain_bias_sd``, ``softplus_sharpness``, ``output_scale``
+    and ``domain_gain_sd`` (the detection and the grounding generators share this model)."""
+    z = _ar1(rng.standard_normal((len(coefs), atoms.shape[1]), dtype=np.float32), cfg.noise_ar)
+    z *= np.float32(math.exp(cfg.noise_level_sd * rng.standard_normal()))
+    z += coefs @ atoms
+    z += channel_bias + np.float32(cfg.domain_bias_sd * rng.standard_normal())
+    z *= np.float32(cfg.softplus_sharpness)
+    np.logaddexp(np.float32(0.0), z, out=z)  # softplus(k z): smooth ReLU, never negative
+    z *= np.float32(cfg.output_scale * math.exp(cfg.domain_gain_sd * rng.standard_normal()) / cfg.softplus_sharpness)
+    return z
 
 
 # ------------------------------------------------------------------------------------------------ API
@@ -556,8 +565,17 @@ def write_synthetic(out: str | Path, cfg: SynthConfig, data: SyntheticSet | None
     return {"wtalc": Path(wtalc), "folders": Path(folders)}
 
 
-def synth_command(out: str, dim: int, videos: int, seed: int) -> int:
-    """``wtal synth``: write the synthetic set and print a summary."""
+def synth_command(out: str, dim: int | None, videos: int | None, seed: int, task: str = "detection") -> int:
+    """``wtal synth``: write the synthetic set and print a summary (``task`` ``grounding``: the sentence-grounding
+    set of :mod:`wtal.data.synthetic_grounding`). ``dim`` and ``videos`` default to each task's real size."""
+    if task == "grounding":
+        from wtal.data.synthetic_grounding import GroundingSynthConfig, grounding_synth_command
+
+        defaults = GroundingSynthConfig()
+        return grounding_synth_command(out, defaults.dim if dim is None else dim,
+                                       defaults.num_videos if videos is None else videos, seed)
+    dim = SynthConfig.dim if dim is None else dim
+    videos = SynthConfig.num_videos if videos is None else videos
     if dim < 2 or dim % 2:
         raise WtalInputError(f"--dim must be an even number >= 2 (RGB half + flow half), got {dim}",
                              fix="use e.g. --dim 2048 (I3D size) or --dim 256 for a quick CPU run")

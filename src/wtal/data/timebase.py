@@ -5,6 +5,10 @@ I3D features are extracted from 16-frame snippets of video decoded at 25 fps, so
 Snippet boundaries are continuous here: a detection ``[s, e)`` in snippet units (``e`` exclusive,
 floats allowed, as produced by fusion) maps to ``[s / r, e / r)`` seconds, and back.
 Every other module must call these functions instead of multiplying by 0.64 itself.
+
+Sentence-grounding features need no frame rate: a video of ``duration`` seconds with ``T`` snippets maps
+snippet ``i`` to ``[i, i + 1) * duration / T`` seconds (:func:`video_snippets_to_seconds`), and moments are
+compared as fractions of the duration (:func:`seconds_to_fraction`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,41 @@ def snippet_count(duration_s: float, snippets_per_second: float = I3D_SNIPPETS_P
     """Number of whole snippets in a video of ``duration_s`` seconds (at least 1 for d > 0)."""
     n = int(np.floor(seconds_to_snippets(duration_s, snippets_per_second) + 1e-9))
     return max(n, 1) if duration_s > 0 else 0
+
+
+def video_snippets_to_seconds(x, duration_s: float, num_snippets: int):
+    """Snippet positions of a video of ``num_snippets`` snippets spanning ``duration_s`` s -> seconds (float64)."""
+    _check_span(duration_s, num_snippets)
+    return np.asarray(x, dtype=np.float64) * (float(duration_s) / int(num_snippets))
+
+
+def seconds_to_video_snippets(t, duration_s: float, num_snippets: int):
+    """Seconds -> fractional snippet positions of a video of ``num_snippets`` snippets spanning ``duration_s``."""
+    _check_span(duration_s, num_snippets)
+    return np.asarray(t, dtype=np.float64) * (int(num_snippets) / float(duration_s))
+
+
+def seconds_to_fraction(t, duration_s):
+    """Seconds -> fractions of the video duration (float64); ``duration_s`` may be an array (broadcast)."""
+    return np.asarray(t, dtype=np.float64) / _positive_durations(duration_s)
+
+
+def fraction_to_seconds(f, duration_s):
+    """Fractions of the video duration -> seconds (float64); ``duration_s`` may be an array (broadcast)."""
+    return np.asarray(f, dtype=np.float64) * _positive_durations(duration_s)
+
+
+def _positive_durations(duration_s) -> np.ndarray:
+    d = np.asarray(duration_s, dtype=np.float64)
+    if not (np.isfinite(d).all() and (d > 0).all()):
+        raise ValueError(f"video durations must be positive finite seconds, got {duration_s!r}")
+    return d
+
+
+def _check_span(duration_s: float, num_snippets: int) -> None:
+    _positive_durations(duration_s)
+    if int(num_snippets) < 1:
+        raise ValueError(f"a video needs at least one snippet, got {num_snippets!r}")
 
 
 def _check_rate(r: float) -> None:

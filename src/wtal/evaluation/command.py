@@ -47,8 +47,13 @@ def parse_tiou(text: str) -> list[float]:
 
 
 def eval_command(pred: str, gt: str, subset: str | None = None, tiou: str | Sequence[float] | None = None,
-                 mode: str = "anet", json_out: str | None = None) -> int:
+                 mode: str = "anet", json_out: str | None = None, task: str = "detection",
+                 durations: str | None = None) -> int:
     """Evaluate ``pred`` against ``gt`` and print the table; write ``json_out`` when given. Returns 0.
+
+    ``task`` ``grounding`` evaluates a sentence-grounding result file against a query file instead (see
+    :func:`~wtal.evaluation.grounding.grounding_eval_command`; ``tiou`` then gives the IoU thresholds and
+    ``durations`` a durations file for Charades-STA text annotations).
 
     ``subset`` defaults to ``test`` when the ground truth has one, else ``validation``; ``tiou`` (thresholds,
     or the text of ``--tiou``) defaults to 0.1:0.1:0.7 for ground truth with a ``test`` subset (THUMOS14) and
@@ -56,6 +61,12 @@ def eval_command(pred: str, gt: str, subset: str | None = None, tiou: str | Sequ
     (W-TALC snippet-grid compatibility, with the annotation's Ambiguous segments and snippet rate).
     Predicted videos that the subset does not hold are scored as the mode scores them, with a warning.
     """
+    if isinstance(tiou, str):
+        tiou = parse_tiou(tiou)
+    if task == "grounding":
+        return _grounding(pred, gt, subset, tiou, mode, json_out, durations)
+    if task != "detection":
+        raise WtalInputError(f"unknown task {task!r}", fix="use --task detection or --task grounding")
     from wtal.data.sources import load_annotations  # lazy: the data layer is heavier than the evaluator
 
     annotations = load_annotations(gt)
@@ -64,8 +75,6 @@ def eval_command(pred: str, gt: str, subset: str | None = None, tiou: str | Sequ
     if subset not in subsets:
         raise WtalInputError(f"the ground truth has no subset {subset!r}", path=gt,
                              fix=f"pass --subset with one of {subsets}")
-    if isinstance(tiou, str):
-        tiou = parse_tiou(tiou)
     thresholds = list(tiou) if tiou is not None else (THUMOS14_TIOU if "test" in subsets else ACTIVITYNET_TIOU)
     evaluated = annotations.subset(subset)
     gt_table = evaluated.ground_truth()
@@ -113,6 +122,17 @@ def warn_unknown_videos(detections: SegmentTable, annotations: AnnotationSet, su
         what = (f"{len(unknown)} of the {len(predicted)} predicted videos are not in subset {subset!r} of the "
                 f"ground truth (e.g. {unknown[0]!r}): their {n_det} detections {fate}")
     logger.warning("%s; %s", what, _unknown_video_hint(unknown, annotations, subset))
+
+
+def _grounding(pred: str, gt: str, subset: str | None, tiou: Sequence[float] | None, mode: str,
+               json_out: str | None, durations: str | None) -> int:
+    from wtal.data.grounding import read_durations
+    from wtal.evaluation.grounding import grounding_eval_command
+
+    if subset is not None or mode != "anet":
+        raise WtalInputError("--subset and --mode apply to detection only", path=gt,
+                             fix="drop them with --task grounding (the query file is the evaluated split)")
+    return grounding_eval_command(pred, gt, tiou, json_out, read_durations(durations) if durations else None)
 
 
 def _unknown_video_hint(unknown: list[str], annotations: AnnotationSet, subset: str) -> str:
