@@ -1,6 +1,6 @@
 """The real THUMOS14 and ActivityNet 1.2 W-TALC annotation files load correctly (skipped without ../shared).
 
-Expected numbers are the published dataset facts (README of ../shared/data and reference-notes §1).
+Expected numbers are the published dataset facts (the W-TALC annotation files as published).
 """
 
 from __future__ import annotations

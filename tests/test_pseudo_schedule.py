@@ -41,7 +41,7 @@ def test_reference_targets_by_epoch():
     gens = s.generation_epochs
     assert gens == (200, 230, 245, 260, 275, 300)
     assert s.temperatures == (0.02, 0.02, 0.02, 0.002, 0.002, 0.0016)
-    # labels made at 200 are first used at 201 (reference-notes §3.2 table)
+    # labels made at 200 are first used at 201 (the public code's schedule)
     assert s.target(200, _held(gens, 200)) is None
     assert s.target(201, _held(gens, 201)) == TargetSpec("raw", 0, None, 1.0)
     held = _held(gens, 244)

@@ -1,4 +1,4 @@
-"""STPN's length-normalised L1 term and WUM's width-scaled margin and NaN-free losses (issue #4)."""
+"""STPN's length-normalised L1 term and WUM's width-scaled margin and NaN-free losses."""
 
 from __future__ import annotations
 

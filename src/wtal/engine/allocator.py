@@ -4,12 +4,14 @@ Why: a training step allocates and frees the same large buffers every time (acti
 gradients of 2048-wide layers: tens of MB each). glibc serves requests above its mmap threshold (dynamic,
 at most 32 MB) with fresh ``mmap`` calls and returns them (and the trimmed heap top) to the OS on free, so
 every step pays page faults to zero the same memory again. With mmap off (``M_MMAP_MAX = 0``) and no
-trimming, freed memory is reused at once. Measured (session 4, one thread, synthetic features, identical
-losses): a BaS-Net training epoch on 2048-d features 34.4 -> 26.2 s (1.31x), RSKP 1.13x on 2048-d and
-1.19x on 256-d. The price: the process keeps its peak memory (RSS does not shrink after a large step).
+trimming, freed memory is reused at once: a BaS-Net training epoch on 2048-d features ran 1.31x faster,
+RSKP 1.13x on 2048-d and 1.19x on 256-d, with identical losses (one thread, synthetic features; the
+measurement is in docs/results.md). The price: the process keeps its peak memory (RSS does not shrink
+after a large step).
 
-Process-wide and irreversible, so the trainer applies it only on CPU and when ``train.keep_freed_memory``
-is true (the default); a no-op outside Linux/glibc (macOS, Windows, musl).
+Process-wide and irreversible, so only ``wtal train`` applies it (``wtal.engine.command.apply_process_settings``),
+on CPU and when ``train.keep_freed_memory`` is true (the default); a no-op outside Linux/glibc (macOS,
+Windows, musl). A library user calls :func:`keep_freed_memory` when they want it.
 """
 
 from __future__ import annotations

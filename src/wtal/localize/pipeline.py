@@ -10,7 +10,7 @@ Two presets (:meth:`LocalizeConfig.from_preset`):
     density of cuts for sigmoid, softmax or logit CAS alike. Duplicate runs are kept once. Fusion groups by
     true IoU > ``fuse_iou`` = 0.25 (the paper gives no value; 0.25 is the reference code's number, here
     applied to the stricter IoU of Eq. 1), weights ``softmax(q / T)`` with T = 0.03 (paper §4.2, test).
-``reference`` (the public GauFuse code at test time, reference-notes §3.4, §3.6)
+``reference`` (the public GauFuse code at test time)
     Absolute grid ``arange(0.001, 0.04, 0.002)``, power margin ``0.0785 L^0.9``, inner including the
     snippet after the run, stored ends ``e + 1``, no de-duplication; fusion with overlap
     ``intersection / (length of the other + 1)`` > 0.25, weights ``exp(inner / T)``, ranking and fused score

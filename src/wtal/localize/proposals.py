@@ -13,7 +13,7 @@ Two conventions:
   snippets and ``L = e - s`` (so any positive margin looks at least one snippet out on each side);
   ``outer = 0`` when both windows are empty. Identical ``(class, s, e)`` runs found at several thresholds
   are kept once (``dedup``), since each copy would otherwise count again in the fusion weights.
-* ``reference``: the public GauFuse / RSKP code (reference-notes §3.4, §9.3): ``inner`` also covers the
+* ``reference``: the public GauFuse / RSKP code: ``inner`` also covers the
   snippet after the run, ``[s, min(e + 1, T))``; ``outer`` is the mean over ``[os, s) U [min(e + 1, T), oe)``
   with ``os = max(0, trunc(s - m))``, ``oe = min(T - 1, trunc(e + m + 1))``; the stored end is ``e + 1``;
   no de-duplication: each copy counts. With ``merge_copies`` the copies come back as one row whose ``count``

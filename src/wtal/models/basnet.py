@@ -1,4 +1,4 @@
-"""BaS-Net (Lee et al., AAAI 2020; methods.md §3): background suppression with a shared CAS module.
+"""BaS-Net (Lee et al., AAAI 2020; Pilhyeon/BaSNet-pytorch): background suppression with a shared CAS module.
 
 Filtering module ``w_t = sigmoid(Conv1(LReLU(Conv1(x))))`` (kernel 1, 512 hidden); CAS module
 ``Conv3 -> LReLU -> Conv3 -> LReLU -> Dropout(0.7) -> Conv1 (C+1, no bias)`` applied to ``x`` (base branch)

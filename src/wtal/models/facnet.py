@@ -1,4 +1,4 @@
-"""FAC-Net (Huang et al., ICCV 2021; methods.md §3): foreground-action consistency with a cosine head.
+"""FAC-Net (Huang et al., ICCV 2021; LeonHLJ/FAC-Net): foreground-action consistency with a cosine head.
 
 Per stream: embedding ``Linear -> ReLU -> Dropout(0.5) -> Linear -> ReLU -> Dropout(0.5)``; class centres
 ``A`` (C+1 rows, xavier) and a foreground centre ``g = -A[C]``; snippet logits ``S = s cos(x_t, A_c)`` and

@@ -1,4 +1,4 @@
-"""The cosine-classifier ``PredictionModule`` of RSKP (reference-notes §2.2 step 4), masked over time."""
+"""The cosine-classifier ``PredictionModule`` of RSKP (its main_branch.py), masked over time."""
 
 from __future__ import annotations
 

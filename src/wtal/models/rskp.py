@@ -1,11 +1,11 @@
-"""RSKP (Huang et al., CVPR 2022): EM bases, knowledge propagation, inter-video memory (reference-notes §2).
+"""RSKP (Huang et al., CVPR 2022): EM bases, knowledge propagation, inter-video memory (LeonHLJ/RSKP).
 
 Batched over whole videos with a padding mask. Padded snippets get zero responsibility in the EM and in
 the propagation (their columns of ``Z``/``Zh`` are zero), so ``I - w^2 Z^T Zh`` is block diagonal and a real
 snippet's propagated feature equals the one-video result. The closed-form propagation uses the Woodbury
-identity (§9.2): a ``K x K`` solve instead of the dense ``T x T`` inverse.
+identity: a ``K x K`` solve instead of the dense ``T x T`` inverse.
 
-Memory bank (§2.3): a max-score bank of ``memory_slots`` bases per class, with the corrected class index
+Memory bank: a max-score bank of ``memory_slots`` bases per class, with the corrected class index
 (the video's positive classes). Within a batch all videos read the memory first, then the videos update it
 in batch order (the reference reads and updates one video at a time). The update runs in ``losses`` when
 the model is in train mode, after warm-up. A video without positive labels skips the memory branch.

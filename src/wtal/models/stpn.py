@@ -1,4 +1,4 @@
-"""STPN (Nguyen et al., CVPR 2018), as in the public reproduction (methods.md §3, bellos1203/STPN).
+"""STPN (Nguyen et al., CVPR 2018), as in the public reproduction (bellos1203/STPN).
 
 Per stream: attention ``lambda_t = sigmoid(FC(relu(FC_256(x_t))))``, video feature ``mean_t(lambda_t x_t)``
 (over the video's real snippets), classifier ``FC(D -> C)`` trained with sigmoid BCE, plus

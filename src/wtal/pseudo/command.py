@@ -11,7 +11,7 @@ LinPro (:mod:`wtal.pseudo.linpro`) per class, over worker processes for large fi
 ``__fps__``      scalar float64 snippets per second (copied from the CAS file)
 
 Pseudo labels are a *training-time* product, so the fusion temperature defaults to the training value of
-each preset (paper §4.2: 0.1; GauFuse code: 0.02 for its first generations, reference-notes §3.2), not to
+each preset (paper §4.2: 0.1; GauFuse code: 0.02 for its first generations), not to
 the test-time value that ``wtal localize`` uses. ``--temperature`` overrides it.
 """
 

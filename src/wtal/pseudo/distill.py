@@ -1,4 +1,4 @@
-"""Snippet-level distillation loss on pseudo labels (paper eq. 7-9, reference-notes §3.2).
+"""Snippet-level distillation loss on pseudo labels (paper eq. 7-9, and the public GauFuse code).
 
 For logits ``L_t`` over ``C+1`` columns (actions + background), ``p_t = softmax(L_t)`` and a target row
 ``d_t`` (a generation G or a Δ label; columns beyond the target's width count as 0):

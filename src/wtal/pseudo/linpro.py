@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 MarginFn = Callable[[np.ndarray], np.ndarray]
 
-#: margin of GauFuse's code (reference-notes §3.4/§3.5): 0.0785 * length^0.9
+#: margin of GauFuse's code: 0.0785 * length^0.9
 POWER_MARGIN_SCALE = 0.0785
 POWER_MARGIN_EXPONENT = 0.9
 
@@ -74,8 +74,8 @@ class LinProConfig:
     variant: ``"paper"`` (float boundaries; snippet ``i`` covers ``[i, i+1)`` and lies in a range
         ``[x, y)`` when its centre ``i + 0.5`` does; inner ``[s, e)``, outer ``[s - m, s)`` and
         ``[e, e + m)`` with ``m = margin(e - s)``, clipped to the video; an instance too short to hold a
-        centre keeps the snippet holding its midpoint) or ``"reference"`` (GauFuse code, reference-notes
-        §3.5: ``a=int(s)``, ``b=int(e)``, ``m = margin(b - a)``, left outer ``[max(0, int(a-m)), a)``,
+        centre keeps the snippet holding its midpoint) or ``"reference"`` (GauFuse code:
+        ``a=int(s)``, ``b=int(e)``, ``m = margin(b - a)``, left outer ``[max(0, int(a-m)), a)``,
         right outer ``[b, min(T-1, int(b+m+1)))``).
     margin: outer margin as a function of the instance length: ``"alpha"`` (``alpha * len``),
         ``"power"`` (``0.0785 * len**0.9``), a callable on an array of lengths, or None for the variant's

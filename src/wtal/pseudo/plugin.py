@@ -42,7 +42,7 @@ the run; their names end in ``_epoch``/``_epochs`` so the engine's ``--epochs`` 
 
 Presets
 -------
-``paper`` (fixes the suspects of reference-notes §3.7): generations at 200, 215, 230, 245, 270, 290 of
+``paper`` (fixes what looks accidental in the public code): generations at 200, 215, 230, 245, 270, 290 of
 350, temperature 0.1, the raw first generation until the second exists, then plain Δ = G^t - G^(t-1);
 the teacher in eval mode (deterministic labels); labels read through the model's test-time
 ``localization_scores`` (the same pipeline as test predictions), only for the video's ground-truth
@@ -55,7 +55,7 @@ temperatures are in the units of the CAS scores unless ``localize: {temperature_
 fractions of each CAS column's range (``rskp_gaufuse.yaml`` does: the paper's 0.1 was set on a CAS of
 range ~0.04, so 2.5 there).
 
-``reference`` (faithful to the public code, reference-notes §3.1-§3.5): generations at 200, 230, 245,
+``reference`` (faithful to the public code): generations at 200, 230, 245,
 260, 275, 300 with T = 0.02, 0.02, 0.02, 0.002, 0.002, 0.0016; raw labels from 201, 2 Δ from 251, 2.15 Δ
 from 301; weight ``min(10 * 1.035^(e - 200), 50)``; teacher with dropout on; labels from the 0.8/0.2
 ``distill_mix`` CAS with the background column, gated by predicted video score >= 0.16; the ``reference``

@@ -163,7 +163,7 @@ def paper_schedule(loss_weight: float = 1.0) -> PseudoSchedule:
 
 
 def reference_schedule() -> PseudoSchedule:
-    """The public code (reference-notes §3.2): raw labels 201-250, 2 Δ from 251, 2.15 Δ from 301."""
+    """The public code: raw labels 201-250, 2 Δ from 251, 2.15 Δ from 301."""
     return PseudoSchedule(generation_epochs=(200, 230, 245, 260, 275, 300),
                           temperatures=(0.02, 0.02, 0.02, 0.002, 0.002, 0.0016),
                           target_start_epoch=201, delta_start_epochs=(251, 301), delta_scales=(2.0, 2.15),

@@ -5,7 +5,7 @@ Two ways to read label scores from a teacher (``source``):
 * ``"localization"`` (paper preset): the model's own test-time recipe, ``model.localization_scores``,
   with ``C`` action columns. Labels are then made by the same pipeline that makes test predictions,
   which is the point of the paper ("bridging the train-test gap").
-* ``"distill_mix"`` (reference preset, reference-notes §3.3): ``Σ_b w_b softmax(L_b) ⊙ attention`` over the
+* ``"distill_mix"`` (reference preset, the public GauFuse code): ``Σ_b w_b softmax(L_b) ⊙ attention`` over the
   model's weighted ``distill_logits`` branches (RSKP: 0.8 o.S + 0.2 m.S), normalised by ``Σ_b w_b``.
   With ``background_column`` it keeps the ``C+1``-th (background) column as the reference does.
   Video scores of the action columns come from ``localization_scores``; the model has no video score
@@ -41,7 +41,7 @@ def snapshot_teacher(model: torch.nn.Module, *, dropout: bool = False) -> torch.
     """A deep copy of ``model`` with no gradients, in eval mode (``dropout=True``: left in train mode).
 
     ``dropout=True`` reproduces the reference, whose teacher is never put in eval mode, so its labels
-    are sampled with dropout active (reference-notes §3.1).
+    are sampled with dropout active.
     """
     teacher = copy.deepcopy(model)
     teacher.train(dropout)
