@@ -1,4 +1,5 @@
-"""WUM, "uncertainty modeling" (Lee et al., AAAI 2021; Pilhyeon/WTAL-Uncertainty-Modeling): background from feature magnitudes.
+"""WUM, "uncertainty modeling" (Lee et al., AAAI 2021; Pilhyeon/WTAL-Uncertainty-Modeling): background
+from feature magnitudes.
 
 Embedding ``f_t = ReLU(Conv3(x))``; classifier ``Dropout(0.7) -> Conv1 (C, no bias)``; no background class.
 Per video (true length ``T_i``): ``k_act = max(T_i // 9, 1)`` snippets with the largest ``||f_t||`` and
