@@ -16,6 +16,8 @@ SMALL_MODELS = {"basnet": {"hidden_dim": 24, "filter_hidden": 16}, "wum": {"hidd
 
 def load_benchmark(name: str) -> ModuleType:
     """The script ``benchmarks/<name>.py`` as a module (its straightforward reference implementations)."""
+    if str(BENCHMARKS) not in sys.path:  # the scripts import their shared modules (experiments.py)
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the script executes

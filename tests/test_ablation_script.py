@@ -16,6 +16,7 @@ from wtal.data.synthetic import SynthConfig, write_synthetic
 from wtal.pseudo.plugin import GauFuseConfig
 
 ablate = load_benchmark("ablate_gaufuse")
+experiments = load_benchmark("experiments")
 
 EPOCHS = 4
 TABLE_LABELS = {
@@ -105,9 +106,9 @@ def test_pseudo_recipes_reach_the_run_configs(ablation):
 
 def test_test_time_nms_reproduces_the_trainers_report(ablation):
     run = ablation["out"] / "runs" / "rskp" / "seed0"
-    own = ablate.report_metrics(json.loads((run / "report.json").read_text(encoding="utf-8"))["test"])
+    own = experiments.report_metrics(json.loads((run / "report.json").read_text(encoding="utf-8"))["test"])
     postprocess = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["postprocess"]
-    again = ablate.test_time_metrics(run, "nms-check", postprocess)
+    again = experiments.test_time_metrics(run, "nms-check", postprocess)
     assert again == pytest.approx(own, abs=1e-9)
 
 
