@@ -117,3 +117,32 @@ def test_timeline_without_signals_or_predictions_still_has_axes_labels_and_color
         assert [ax.get_ylabel() for ax in fig.axes] == ["A", "prediction score"]
     finally:
         plt.close(fig)
+
+
+def test_plot_of_a_run_shows_the_last_pseudo_label_generation_and_names_it(tmp_path):
+    """The selected checkpoint may precede the last generation: the plot reads the generations of the last
+    checkpoint through the plug-in and says when they were made."""
+    import json
+
+    from test_engine_data import tiny_run_yaml, write_tiny
+
+    from wtal.cli import main
+    from wtal.engine.predict import load_run
+    from wtal.pseudo.plugin import GauFuseConfig
+    from wtal.viz.command import latest_pseudo_labels, plot_run_video
+
+    data = write_tiny(tmp_path / "data")["wtalc"]
+    cfg = tiny_run_yaml(tmp_path / "cfg.yaml", epochs=8, extra="pseudo: {name: gaufuse, preset: paper}")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--data", str(data), "--out", str(run)]) == 0
+    loaded = load_run(run)
+    video = loaded.data.train.names[0]
+    epoch, labels = latest_pseudo_labels(loaded, video)
+    generations = GauFuseConfig.from_dict(loaded.cfg.pseudo, total_epochs=8).schedule.generation_epochs
+    assert epoch == max(g for g in generations if g < 8)  # the last one made, whatever epoch was selected
+    history = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "plugin/gaufuse0" in history[-1]
+    assert labels.shape == (loaded.data.train[0].length, 3)
+    assert latest_pseudo_labels(loaded, "not-a-training-video") is None
+    png = plot_run_video(run, video, tmp_path / "t.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
