@@ -1,4 +1,4 @@
-"""GauFuse ablations (the issue's Tables 3, 4 and 5): train the runs, re-post-process saved CAS, print tables.
+"""GauFuse ablations (Tables 3-5 below): train the runs, re-post-process saved CAS, print tables.
 
     python benchmarks/ablate_gaufuse.py --data DIR --epochs N --seeds 0,1,2 --out OUTDIR --tables 3,4,5 \
         [--models rskp,stpn,basnet,wum,facnet] [--base rskp] [--jobs 2] [--threads 1] [--set KEY=VALUE ...]

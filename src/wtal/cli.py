@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(_target="wtal.evaluation.command:eval_command")
 
     s = command("localize", "action instances from a CAS file of any model")
-    s.add_argument("--cas", required=True, help="CAS.npz (see README: CAS file format)")
+    s.add_argument("--cas", required=True, help="CAS.npz (format: docs/data.md, CAS files)")
     s.add_argument("--out", required=True, help="result JSON to write")
     s.add_argument("--run", default=None,
                    help="start from this trained run's own post-processing recipe, its config's postprocess "
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(_target="wtal.localize.command:localize_command")
 
     s = command("pseudolabel", "LinPro pseudo labels from a CAS file")
-    s.add_argument("--cas", required=True, help="CAS.npz (see README: CAS file format)")
+    s.add_argument("--cas", required=True, help="CAS.npz (format: docs/data.md, CAS files)")
     s.add_argument("--out", required=True, help="labels.npz to write")
     _post_processing_options(s, temperature="fusion softmax temperature (default: the preset's training-time "
                                             "value, not the test-time one of wtal localize)")

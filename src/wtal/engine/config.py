@@ -62,7 +62,7 @@ full 200 epochs). ``width_scaling: {reference_dim: 2048, power: 0.5}`` multiplie
 once the data is open; the saved config keeps the configured ``lr`` and the log and ``metrics.jsonl`` show
 the rate actually used.
 
-The rule and the measurements behind it are in ``configs/README.md``. ``--set`` overrides are applied
+Why: ``docs/design.md``; the measurements: ``docs/results.md``. ``--set`` overrides are applied
 after rescaling, so the values given there are taken literally.
 """
 

@@ -271,7 +271,7 @@ class RSKP(StreamModel):
         absolute level (``p_ca`` pools with normalised attention; the top-k/bottom-k contrast saturates in the
         sigmoid), so the product's scale varies from run to run (mean attention on action snippets 0.007 to
         0.07 over three seeds of the same short run) and an absolute threshold grid cuts it very differently;
-        see configs/README.md for the measurements.
+        see docs/design.md and, for the measurements, docs/results.md.
         """
         o: BranchOutput = out.extras["o"]
         m: BranchOutput = out.extras["m"]

@@ -23,7 +23,7 @@ other way: the attention collapses to 0 and the classifier stops learning. Presu
 separable enough for the classifier to fit first (the regime beta was set for; not measured here). At the
 shipped 40-epoch schedule (``configs/stpn.yaml``, the reproduction's 80000 steps compressed 60x with the
 ``sqrt`` rate rule) the attention is saturated from epoch 5 on, and STPN localizes with ``sigmoid(W x_t)``
-alone: 12.7 test AVG mAP(0.1:0.7) on 256-d synthetic data (configs/README.md).
+alone: 12.7 test AVG mAP(0.1:0.7) on 256-d synthetic data (docs/results.md).
 """
 
 from __future__ import annotations
