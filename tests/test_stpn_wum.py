@@ -56,7 +56,7 @@ def test_stpn_attention_learns_action_snippets_on_a_tiny_set():
     nor stay flat; it ranks action snippets above background after a short training.
 
     beta = 1e-5: at the default 1e-4 (also at T ~ 400, where the mean and the sum forms agree) the L1 term
-    drives this toy's attention to ~1e-13 before the classifier learns (open issue, see stpn.py).
+    drives this toy's attention to ~1e-13 before the classifier learns (a known limitation, see stpn.py).
     """
     rng = np.random.default_rng(0)
     atoms = np.abs(rng.normal(size=(CLASSES, DIM))).astype(np.float32) * 2.0
