@@ -92,6 +92,18 @@ def as_double(batch):
                                labels=None if batch.labels is None else batch.labels.double())
 
 
+def fill_label_store(model, lengths, seed: int = 0) -> None:
+    """Random stored snippet labels (0/1) and confidences for training positions ``0 .. len(lengths) - 1``
+    of an MMSD model's label store."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    store = model.label_store
+    store.allocate(torch.arange(len(lengths)), torch.as_tensor(lengths))
+    store.labels.copy_(torch.randint(0, 2, store.labels.shape, generator=gen).to(store.labels.dtype))
+    store.confidence.copy_(torch.rand(store.confidence.shape, generator=gen, dtype=store.confidence.dtype))
+
+
 def grouped_by_video(rows: list[tuple]) -> list[tuple]:
     """Rows in result-file order: videos by first appearance (a JSON object), each video's rows in order."""
     results: dict = {}
