@@ -278,19 +278,26 @@ def markdown(title: str, rows: list[dict]) -> str:
 # ------------------------------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_arguments(description: str, jobs: int) -> argparse.ArgumentParser:
+    """A parser with the options of every ablation script: data, output, schedule, seeds, parallelism,
+    overrides (``--jobs`` defaults to ``jobs``)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", required=True, type=Path, help="W-TALC bundle or per-video feature folder")
     p.add_argument("--out", required=True, type=Path, help="output folder (runs/, logs/, ablation.json)")
     p.add_argument("--epochs", type=int, default=None, help="rescale every config to N epochs (default: as is)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    p.add_argument("--tables", default="3,4,5", help=f"comma-separated among 3 (both parts), {', '.join(TABLE_KEYS)}")
-    p.add_argument("--models", default=",".join(MODEL_NAMES), help="base models of table 5")
-    p.add_argument("--base", default="rskp", help="base model of tables 3 and 4")
-    p.add_argument("--jobs", type=int, default=2, help="training runs in parallel")
+    p.add_argument("--jobs", type=int, default=jobs, help="training runs in parallel")
     p.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every run (after the variant's own)")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = run_arguments(__doc__.split("\n")[0], jobs=2)
+    p.add_argument("--tables", default="3,4,5", help=f"comma-separated among 3 (both parts), {', '.join(TABLE_KEYS)}")
+    p.add_argument("--models", default=",".join(MODEL_NAMES), help="base models of table 5")
+    p.add_argument("--base", default="rskp", help="base model of tables 3 and 4")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     keys = [k.strip() for k in args.tables.split(",") if k.strip()]

@@ -23,6 +23,28 @@ def load_benchmark(name: str) -> ModuleType:
     return module
 
 
+def run_benchmark_main(module: ModuleType, argv: list[str]) -> tuple[int, str]:
+    """``module.main(argv)`` with stdout captured and the ``wtal`` logger left as it was (prediction
+    reconfigures it)."""
+    import contextlib
+    import io
+    import logging
+
+    logger = logging.getLogger("wtal")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = module.main(argv)
+    finally:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        for h in saved[0]:
+            logger.addHandler(h)
+        logger.propagate, logger.level = saved[1], saved[2]
+    return code, out.getvalue()
+
+
 def voc_interpolated_ap(tp: list[int], npos: int) -> float:
     """Area under the precision envelope (VOC 2011), summed where recall changes."""
     prec, rec, hits = [], [], 0

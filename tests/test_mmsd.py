@@ -206,6 +206,18 @@ def test_generation_thresholds_the_attention_of_each_stream():
         torch.testing.assert_close(confidence[s], snippet_confidence(branch.logits, y) * batch.mask)
 
 
+def test_relative_labels_threshold_the_videos_attention_range():
+    attention = torch.tensor([[0.01, 0.02, 0.03, 0.016, 0.9], [0.2, 0.5, 0.8, 0.3, 0.0]])
+    mask = torch.tensor([[True, True, True, True, False], [True, True, True, True, True]])
+    relative = _model(label_threshold_mode="relative").attention_labels(attention, mask)
+    # video 0: (a - 0.01) / 0.02 = 0, 0.5, 1, 0.3 (the padded 0.9 takes no part); video 1: a / 0.8
+    assert relative.tolist() == [[0, 0, 1, 0, 0], [0, 1, 1, 0, 0]]
+    absolute = _model().attention_labels(attention, mask)
+    assert absolute.tolist() == [[0, 0, 0, 0, 0], [0, 0, 1, 0, 0]]  # the reference's theta = 0.55 on a itself
+    with pytest.raises(WtalInputError, match="label_threshold_mode"):
+        _model(label_threshold_mode="percentile")
+
+
 def test_voting_loss_is_the_masked_mean_squared_error_per_stream():
     model = _model(dropout=0.0).train()
     batch = _batch()

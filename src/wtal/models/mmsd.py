@@ -60,7 +60,7 @@ from wtal.models.losses import (
     softened_cross_entropy,
     with_background,
 )
-from wtal.models.masked import masked_fill_zero, masked_mean
+from wtal.models.masked import masked_fill_zero, masked_mean, masked_minmax_normalize
 from wtal.models.recipes import parse_hyperparameters
 from wtal.models.snippet_store import SnippetLabelStore
 from wtal.ranges import BELOW_ONE, COUNT, DIVISOR, INDEX, NON_NEGATIVE, POSITIVE, UNIT, in_range
@@ -90,6 +90,9 @@ class MMSDHyperparameters:
     # labels (re)generated at the end of these many epochs, i.e. used from these epoch indices on
     label_epochs: tuple[int, ...] = in_range((40, 80, 120, 160, 200, 240), INDEX)
     label_threshold: float = in_range(0.55, UNIT)  # theta: l_t = 1[a_t > theta]
+    # "absolute": theta on the attention itself (reference); "relative": on the attention min-max normalised
+    # over each video's snippets, i.e. theta as a fraction of the video's attention range
+    label_threshold_mode: str = "absolute"
     confidence_threshold: float = in_range(0.6, UNIT)  # a stream is confident on a snippet from here
     vote_margin: float = in_range(0.3, UNIT)  # another stream votes when it is this much more confident
     test_stream_weights: tuple[float, float, float] = in_range((0.2, 0.4, 0.4), NON_NEGATIVE)  # rgb, flow, fused
@@ -154,6 +157,9 @@ class MMSD(StreamModel):
         hp = parse_hyperparameters(MMSDHyperparameters, "mmsd", hyperparameters)
         self.hp = hp
         check_streams(self.input_streams)
+        if hp.label_threshold_mode not in ("absolute", "relative"):
+            raise WtalInputError(f"mmsd label_threshold_mode {hp.label_threshold_mode!r} is not 'absolute' or "
+                                 "'relative'", fix="use label_threshold_mode: absolute or relative")
         if sum(hp.test_stream_weights) <= 0:
             raise WtalInputError(f"mmsd test_stream_weights {list(hp.test_stream_weights)} are all 0",
                                  fix="give at least one stream (rgb, flow, fused) a positive test weight")
@@ -243,7 +249,7 @@ class MMSD(StreamModel):
                 batch = batch.to(device)
                 branches = self(batch).extras["streams"]
                 y_back = with_background(batch.labels, 1.0)
-                labels = torch.stack([(b.attention > self.hp.label_threshold).to(b.attention.dtype) for b in branches])
+                labels = torch.stack([self.attention_labels(b.attention, batch.mask) for b in branches])
                 confidence = torch.stack([snippet_confidence(b.logits, y_back) for b in branches])
                 passes.append((batch.index, batch.mask, labels, confidence))
         finally:
@@ -254,6 +260,13 @@ class MMSD(StreamModel):
             self.label_store.allocate(torch.cat([p[0] for p in passes]), torch.cat([p[1].sum(dim=1) for p in passes]))
         for index, mask, labels, confidence in passes:
             self.label_store.keep_more_confident(index, mask, labels, confidence)
+
+    def attention_labels(self, attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A stream's vote ``1[a_t > theta]`` (``relative``: ``a`` min-max normalised over the video first);
+        0 on padding."""
+        if self.hp.label_threshold_mode == "relative":
+            attention = masked_minmax_normalize(attention.unsqueeze(-1), mask, relu_bounds=False).squeeze(-1)
+        return masked_fill_zero((attention > self.hp.label_threshold).to(attention.dtype), mask)
 
     # ------------------------------------------------------------------------------------------ test time
     def localization_scores(self, out: ModelOutput, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
