@@ -58,7 +58,8 @@ STREAMS = {"shipped (0.2 RGB + 0.4 flow + 0.4 fused)": None, "RGB alone": [1.0, 
 
 
 def ablation_specs(seeds: list[int]) -> list[RunSpec]:
-    return [RunSpec(variant, CONFIG, switches, seed) for _, variant, switches in VARIANTS for seed in seeds]
+    """The ablation runs, seed by seed (every row gets its first seed before any row its second)."""
+    return [RunSpec(variant, CONFIG, switches, seed) for seed in seeds for _, variant, switches in VARIANTS]
 
 
 def baseline_folder(model: str, seed: int, args: argparse.Namespace) -> Path:
