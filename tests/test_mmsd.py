@@ -218,6 +218,13 @@ def test_relative_labels_threshold_the_videos_attention_range():
         _model(label_threshold_mode="percentile")
 
 
+def test_short_schedule_rescales_the_label_epochs_and_the_decay():
+    cfg = resolve_config("mmsd", epochs=40)
+    assert cfg.model.params["label_epochs"] == [7, 13, 20, 27, 33, 40]  # 40, 80, ..., 240 of 240
+    assert cfg.optim.schedule.milestones == [12] and cfg.data.batch_size == 2
+    assert cfg.optim.lr == pytest.approx(5e-5 * 6)
+
+
 def test_voting_loss_is_the_masked_mean_squared_error_per_stream():
     model = _model(dropout=0.0).train()
     batch = _batch()

@@ -32,7 +32,9 @@ buffers, so checkpoints (and ``--resume``) carry them.
 
 Test (:meth:`MMSD.localization_scores`): ``(0.2 softmax S^rgb + 0.4 softmax S^flow + 0.4 softmax S^fused) *
 (0.2 a^rgb + 0.4 a^flow + 0.4 a^fused)``, video scores ``0.2 / 0.4 / 0.4`` of ``p_ca``
-(``test_stream_weights``, normalised to sum 1; ``[1, 0, 0]`` scores the RGB stream alone).
+(``test_stream_weights``, normalised to sum 1; ``[1, 0, 0]`` scores the RGB stream alone). ``configs/mmsd.yaml``
+sets ``test_attention: false`` (the softmax mixture alone, cut at thresholds relative to its range): nothing in
+MMSD's losses fixes the attention's absolute level, which falls to a few hundredths on the synthetic data.
 
 Where the public code is broken or silent (details and reasons in docs/methods/mmsd.md):
 ``SingleStream.forward`` returns four values and ``WSTAL.forward`` unpacks five (the fifth, the normalised
