@@ -100,6 +100,14 @@ class MMSDHyperparameters:
     test_stream_weights: tuple[float, float, float] = in_range((0.2, 0.4, 0.4), NON_NEGATIVE)  # rgb, flow, fused
     test_attention: bool = True  # multiply the test CAS by the weighted attention (reference)
 
+    def __post_init__(self) -> None:  # checked with the config, before any data is read
+        if self.label_threshold_mode not in ("absolute", "relative"):
+            raise WtalInputError(f"invalid config value model.params.label_threshold_mode = "
+                                 f"{self.label_threshold_mode!r}", fix="use 'absolute' or 'relative'")
+        if all(w == 0 for w in self.test_stream_weights):
+            raise WtalInputError(f"mmsd test_stream_weights {list(self.test_stream_weights)} are all 0",
+                                 fix="give at least one stream (rgb, flow, fused) a positive test weight")
+
 
 def snippet_confidence(logits: torch.Tensor, labels_with_background: torch.Tensor) -> torch.Tensor:
     """``|sum_{c in y} p_tc - p_t,bg|`` with ``p = softmax(logits)`` over the ``C+1`` columns: ``(B, T)`` in
@@ -159,12 +167,6 @@ class MMSD(StreamModel):
         hp = parse_hyperparameters(MMSDHyperparameters, "mmsd", hyperparameters)
         self.hp = hp
         check_streams(self.input_streams)
-        if hp.label_threshold_mode not in ("absolute", "relative"):
-            raise WtalInputError(f"mmsd label_threshold_mode {hp.label_threshold_mode!r} is not 'absolute' or "
-                                 "'relative'", fix="use label_threshold_mode: absolute or relative")
-        if sum(hp.test_stream_weights) <= 0:
-            raise WtalInputError(f"mmsd test_stream_weights {list(hp.test_stream_weights)} are all 0",
-                                 fix="give at least one stream (rgb, flow, fused) a positive test weight")
         rgb, flow = self.stream_widths["rgb"], self.stream_widths["flow"]
         dim = hp.embed_dim or min(rgb, flow)
         self.first_layers = nn.ModuleDict({"rgb": _layer(rgb, rgb, hp.dropout), "flow": _layer(flow, flow, hp.dropout)})
