@@ -25,6 +25,28 @@ def load_benchmark(name: str) -> ModuleType:
     return module
 
 
+def run_benchmark_main(module: ModuleType, argv: list[str]) -> tuple[int, str]:
+    """``module.main(argv)`` with stdout captured and the ``wtal`` logger left as it was (prediction
+    reconfigures it)."""
+    import contextlib
+    import io
+    import logging
+
+    logger = logging.getLogger("wtal")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = module.main(argv)
+    finally:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        for h in saved[0]:
+            logger.addHandler(h)
+        logger.propagate, logger.level = saved[1], saved[2]
+    return code, out.getvalue()
+
+
 def voc_interpolated_ap(tp: list[int], npos: int) -> float:
     """Area under the precision envelope (VOC 2011), summed where recall changes."""
     prec, rec, hits = [], [], 0
@@ -92,6 +114,18 @@ def as_double(batch):
 
     return dataclasses.replace(batch, inputs={k: v.double() for k, v in batch.inputs.items()},
                                labels=None if batch.labels is None else batch.labels.double())
+
+
+def fill_label_store(model, lengths, seed: int = 0) -> None:
+    """Random stored snippet labels (0/1) and confidences for training positions ``0 .. len(lengths) - 1``
+    of an MMSD model's label store."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    store = model.label_store
+    store.allocate(torch.arange(len(lengths)), torch.as_tensor(lengths))
+    store.labels.copy_(torch.randint(0, 2, store.labels.shape, generator=gen).to(store.labels.dtype))
+    store.confidence.copy_(torch.rand(store.confidence.shape, generator=gen, dtype=store.confidence.dtype))
 
 
 def grouped_by_video(rows: list[tuple]) -> list[tuple]:

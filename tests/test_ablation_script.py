@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import math
 
 import pytest
 import yaml
-from helpers import load_benchmark
+from helpers import load_benchmark, run_benchmark_main
 
 from wtal.data.synthetic import SynthConfig, write_synthetic
 from wtal.pseudo.plugin import GauFuseConfig
@@ -28,20 +27,7 @@ COLUMNS = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "AVG(0.1:0.5)", "AVG
 
 
 def run_main(argv: list[str]) -> tuple[int, str]:
-    """``main(argv)`` with stdout captured and the ``wtal`` logger left as it was (predict reconfigures it)."""
-    logger = logging.getLogger("wtal")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            code = ablate.main(argv)
-    finally:
-        for h in list(logger.handlers):
-            logger.removeHandler(h)
-        for h in saved[0]:
-            logger.addHandler(h)
-        logger.propagate, logger.level = saved[1], saved[2]
-    return code, out.getvalue()
+    return run_benchmark_main(ablate, argv)
 
 
 @pytest.fixture(scope="module")

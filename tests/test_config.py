@@ -20,6 +20,7 @@ from wtal.engine.config import (
 )
 from wtal.engine.trainer import learning_rate
 from wtal.errors import WtalInputError
+from wtal.models.factory import MODEL_NAMES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -40,7 +41,7 @@ def test_shipped_configs_are_complete_or_extend_a_complete_base_and_are_valid(pa
     else:
         assert complete <= set(raw), "a config without extends is complete"
     cfg = resolve_config(path)
-    assert cfg.model.name in ("rskp", "stpn", "basnet", "wum", "facnet", "mil")
+    assert cfg.model.name in MODEL_NAMES
     # the model accepts every listed hyper-parameter, and the postprocess section builds a LocalizeConfig
     from helpers import joint_context
 
@@ -52,7 +53,7 @@ def test_shipped_configs_are_complete_or_extend_a_complete_base_and_are_valid(pa
 
 
 def test_gaufuse_configs_differ_from_their_base_only_in_pseudo_labels_and_test_fusion():
-    for name in ("rskp", "stpn", "basnet", "wum", "facnet"):
+    for name in ("rskp", "stpn", "basnet", "wum", "facnet", "mmsd"):
         plain = resolve_config(CONFIGS / f"{name}.yaml").to_dict()
         gaufuse = resolve_config(CONFIGS / f"{name}_gaufuse.yaml").to_dict()
         differing = {k for k in plain if plain[k] != gaufuse[k]}

@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import SMALL_MODELS, as_double, collate_joint, joint_context
+from helpers import SMALL_MODELS, as_double, collate_joint, fill_label_store, joint_context
 
 from wtal.models import MODEL_NAMES, build_model
 
 DIM, CLASSES = 32, 4
 LENGTHS = (5, 23, 40)
 NO_DROPOUT = {"rskp": {"dropout": 0.0}, "stpn": {}, "basnet": {"dropout": 0.0}, "wum": {"dropout": 0.0},
-              "facnet": {"dropout": 0.0}, "mil": {"dropout": 0.0}}
+              "facnet": {"dropout": 0.0}, "mil": {"dropout": 0.0}, "mmsd": {"dropout": 0.0}}
 
 
 def _videos(seed: int):
@@ -33,6 +33,8 @@ def _model(name: str, params: dict) -> torch.nn.Module:
     if name == "rskp":  # a filled memory so that the memory branch is exercised after warm-up
         model.memory.normal_()
         model.memory_scores.uniform_()
+    if name == "mmsd":  # stored snippet labels of the three videos, so that the self-voting loss runs
+        fill_label_store(model, LENGTHS)
     return model
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers import SMALL_MODELS, as_double, collate_joint, joint_context
+from helpers import SMALL_MODELS, as_double, collate_joint, fill_label_store, joint_context
 
 from wtal.data.batch import Batch
 from wtal.errors import WtalInputError
@@ -289,6 +289,8 @@ def test_gradients_reach_every_parameter(name):
     if name == "rskp":
         model.memory.normal_()
     batch = _batch(scale=2.0)
+    if name == "mmsd":  # stored labels, so that the self-voting loss takes part
+        fill_label_store(model, batch.lengths.tolist())
     out = model(batch)
     model.losses(out, batch, 150)["total"].sum().backward()
     for pname, param in model.named_parameters():
@@ -308,6 +310,8 @@ def test_no_nan_for_single_snippet_and_all_zero_features(name, case):
         batch = _batch(lengths=(4, 9))
         for x in batch.inputs.values():
             x.zero_()
+    if name == "mmsd":
+        fill_label_store(model, batch.lengths.tolist())
     out = model(batch)
     losses = model.losses(out, batch, 150)
     losses["total"].sum().backward()

@@ -22,6 +22,7 @@ from wtal.data.validate import read_json_file
 from wtal.engine.checkpoint import load_checkpoint
 from wtal.engine.config import ModelConfig, RunConfig, load_run_config
 from wtal.errors import WtalInputError
+from wtal.models.base import data_sized_state_keys
 from wtal.tasks.base import Task
 
 CONFIG_FILE = "config.yaml"
@@ -120,10 +121,11 @@ def build_section_model(section: ModelConfig, task: Task, data: RunData, *, wher
 def load_weights(model: torch.nn.Module, state: dict[str, Any], *, checkpoint: Path, run: Path | str) -> None:
     """``model.load_state_dict(state)`` with one clear error when the weights do not fit the model."""
     own = model.state_dict()
+    resizable = data_sized_state_keys(model)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+              if k in state and k not in resizable and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
         parts = []
         if missing:

@@ -121,6 +121,14 @@ class StreamModel(nn.Module):
         return None
 
 
+def data_sized_state_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the buffers whose shape the training data sets (a module lists them in its
+    ``data_sized_buffers``, e.g. a snippet label store): loading a state resizes them to the saved shape,
+    so their shapes are not part of what makes a checkpoint fit a model."""
+    return {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+            for name in getattr(module, "data_sized_buffers", ())}
+
+
 def branch_inputs(stream_widths: Mapping[str, int], per_stream: bool) -> list[tuple[tuple[str, ...], int]]:
     """The input of each branch of a multi-branch model: one branch per stream, or one on all streams
     joined (``per_stream=False``); each ``(stream names, total width)``."""

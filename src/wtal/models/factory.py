@@ -11,6 +11,7 @@ from wtal.models.base import ModelContext
 from wtal.models.basnet import BaSNet
 from wtal.models.facnet import FACNet
 from wtal.models.mil import MILModel
+from wtal.models.mmsd import MMSD
 from wtal.models.recipes import parse_hyperparameters
 from wtal.models.rskp import RSKP
 from wtal.models.stpn import STPN
@@ -23,6 +24,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "wum": WUM,
     "facnet": FACNet,
     "mil": MILModel,
+    "mmsd": MMSD,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
 
