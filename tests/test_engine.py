@@ -54,6 +54,29 @@ def test_padded_batch_equals_one_video_at_a_time(tmp_path, tiny_data, model):  #
         assert torch.allclose(g_batch, p.grad, atol=1e-5, rtol=1e-4)
 
 
+def accumulation_loop(cfg, scale: float = 1.0) -> tuple[torch.nn.Module, int]:
+    """The reference codes' loop: one video per backward (its loss times ``scale``), an optimiser step every
+    ``batch_size`` videos of a global counter; returns the model and the number of videos seen."""
+    seed_everything(cfg.train.seed)
+    task = build_task(cfg.task)
+    data = task.prepare_data(cfg, run_streams(cfg))
+    model = build_section_model(cfg.model, task, data)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                           weight_decay=cfg.optim.weight_decay)
+    gen = torch.Generator()
+    gen.manual_seed(cfg.train.seed)
+    counter = 0
+    for epoch in range(cfg.train.epochs):
+        for i in torch.randperm(len(data.train), generator=gen).tolist():
+            batch = data.train.collate([data.train[i]])
+            (scale * model.losses(model(batch), batch, epoch)["total"].sum()).backward()
+            counter += 1
+            if counter % cfg.data.batch_size == 0:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    return model, counter
+
+
 @pytest.mark.parametrize("max_snippets", [None, 90])
 def test_training_matches_the_reference_accumulation_loop(tmp_path, tiny_data, max_snippets):  # noqa: F811
     """Trainer == per-video backward + optimizer step every batch_size videos of a GLOBAL counter
@@ -68,24 +91,7 @@ def test_training_matches_the_reference_accumulation_loop(tmp_path, tiny_data, m
     for epoch in range(cfg.train.epochs):
         trainer.train_epoch(epoch)
 
-    seed_everything(cfg.train.seed)
-    task = build_task(cfg.task)
-    data = task.prepare_data(cfg, run_streams(cfg))
-    model = build_section_model(cfg.model, task, data)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                           weight_decay=cfg.optim.weight_decay)
-    gen = torch.Generator()
-    gen.manual_seed(cfg.train.seed)
-    counter = 0
-    for epoch in range(cfg.train.epochs):
-        for i in torch.randperm(len(data.train), generator=gen).tolist():
-            batch = data.train.collate([data.train[i]])
-            out = model(batch)
-            model.losses(out, batch, epoch)["total"].sum().backward()
-            counter += 1
-            if counter % cfg.data.batch_size == 0:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+    model, counter = accumulation_loop(cfg)
     assert trainer.state.global_step == counter // cfg.data.batch_size
     for (name, a), b in zip(trainer.model.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5), name
@@ -105,28 +111,7 @@ def test_batch_reduction_mean_steps_on_the_mean_loss_of_each_batch(tmp_path, tin
     for epoch in range(cfg.train.epochs):
         trainer.train_epoch(epoch)
 
-    def accumulation_loop(scale: float) -> torch.nn.Module:
-        seed_everything(cfg.train.seed)
-        task = build_task(cfg.task)
-        data = task.prepare_data(cfg, run_streams(cfg))
-        model = build_section_model(cfg.model, task, data)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                               weight_decay=cfg.optim.weight_decay)
-        gen = torch.Generator()
-        gen.manual_seed(cfg.train.seed)
-        counter = 0
-        for epoch in range(cfg.train.epochs):
-            for i in torch.randperm(len(data.train), generator=gen).tolist():
-                batch = data.train.collate([data.train[i]])
-                out = model(batch)
-                (scale * model.losses(out, batch, epoch)["total"].sum()).backward()
-                counter += 1
-                if counter % cfg.data.batch_size == 0:
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-        return model
-
-    mean_loop, sum_loop = accumulation_loop(1.0 / cfg.data.batch_size), accumulation_loop(1.0)
+    (mean_loop, _), (sum_loop, _) = accumulation_loop(cfg, 1.0 / cfg.data.batch_size), accumulation_loop(cfg)
     trained = trainer.model.state_dict()
     for (name, a), b in zip(trained.items(), mean_loop.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5), name

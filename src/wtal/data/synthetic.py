@@ -89,7 +89,31 @@ _RGB, _FLOW = 0, 1
 
 
 @dataclass
-class SynthConfig:
+class FeatureNoiseConfig:
+    """The knobs of the latent-to-feature step that both synthetic generators share (see the module docstring)."""
+
+    # strengths above are for a joint dimension of reference_dim; at dim D they are multiplied by
+    # (D / reference_dim) ** strength_dim_exponent (0.5 would keep the per-channel SNR constant)
+    reference_dim: int = 256
+    strength_dim_exponent: float = 0.3
+    # noise and domain shift
+    noise_ar: float = 0.5  # AR(1) coefficient of the per-channel noise across snippets
+    nuisance_rank: int = 16
+    nuisance_strength: tuple[float, float] = (1.5, 1.5)
+    nuisance_corr_s: float = 4.0
+    domain_rank: int = 8
+    domain_offset_sd: float = 1.0
+    domain_bias_sd: float = 0.2
+    domain_gain_sd: float = 0.2
+    noise_level_sd: float = 0.15
+    channel_bias_mean: float = -0.5
+    channel_bias_sd: float = 0.3
+    softplus_sharpness: float = 2.0  # x = softplus(k z) / k: a smooth ReLU (k -> inf gives ReLU)
+    output_scale: float = 1.0
+
+
+@dataclass
+class SynthConfig(FeatureNoiseConfig):
     """Every knob of the synthetic model (see the module docstring). Pairs are ``(rgb, flow)``."""
 
     # size
@@ -148,24 +172,6 @@ class SynthConfig:
     background_activity_fraction: float = 0.3
     background_activity_mean_s: float = 6.0
     background_activity_level: float = 0.7
-    # strengths above are for a joint dimension of reference_dim; at dim D they are multiplied by
-    # (D / reference_dim) ** strength_dim_exponent (0.5 would keep the per-channel SNR constant)
-    reference_dim: int = 256
-    strength_dim_exponent: float = 0.3
-    # noise and domain shift
-    noise_ar: float = 0.5  # AR(1) coefficient of the per-channel noise across snippets
-    nuisance_rank: int = 16
-    nuisance_strength: tuple[float, float] = (1.5, 1.5)
-    nuisance_corr_s: float = 4.0
-    domain_rank: int = 8
-    domain_offset_sd: float = 1.0
-    domain_bias_sd: float = 0.2
-    domain_gain_sd: float = 0.2
-    noise_level_sd: float = 0.15
-    channel_bias_mean: float = -0.5
-    channel_bias_sd: float = 0.3
-    softplus_sharpness: float = 2.0  # x = softplus(k z) / k: a smooth ReLU (k -> inf gives ReLU)
-    output_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_videos < 2:

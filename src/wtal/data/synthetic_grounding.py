@@ -86,6 +86,7 @@ from scipy.special import ndtr, ndtri
 from wtal.atomic import write_atomic, write_json_atomic
 from wtal.data.grounding import FEATURES_DIR, Query, write_grounding_json
 from wtal.data.synthetic import (
+    FeatureNoiseConfig,
     _activity_mask,
     _ar1,
     _dense_atoms,
@@ -155,7 +156,7 @@ MASS_NOUNS = frozenset({"food", "water", "coffee", "clothes", "dishes", "shoes",
 
 
 @dataclass
-class GroundingSynthConfig:
+class GroundingSynthConfig(FeatureNoiseConfig):
     """Every knob of the synthetic grounding model (see the module docstring). Pairs are ``(rgb, flow)``."""
 
     # size
@@ -204,21 +205,6 @@ class GroundingSynthConfig:
     background_activity_fraction: float = 0.3
     background_activity_mean_s: float = 4.0
     background_activity_level: float = 0.6
-    reference_dim: int = 256
-    strength_dim_exponent: float = 0.3
-    noise_ar: float = 0.5
-    nuisance_rank: int = 16
-    nuisance_strength: tuple[float, float] = (1.5, 1.5)
-    nuisance_corr_s: float = 4.0
-    domain_rank: int = 8
-    domain_offset_sd: float = 1.0
-    domain_bias_sd: float = 0.2
-    domain_gain_sd: float = 0.2
-    noise_level_sd: float = 0.15
-    channel_bias_mean: float = -0.5
-    channel_bias_sd: float = 0.3
-    softplus_sharpness: float = 2.0
-    output_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_videos < 2:

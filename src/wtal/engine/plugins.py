@@ -18,7 +18,6 @@ factory is called as ``factory(context, **params)`` with a :class:`PluginContext
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -27,6 +26,7 @@ import torch
 
 from wtal.data.batch import Batch
 from wtal.errors import WtalInputError
+from wtal.importing import resolve
 
 PLUGIN_FACTORIES: dict[str, str] = {
     "gaufuse": "wtal.pseudo.plugin:build_gaufuse_plugin",
@@ -79,13 +79,4 @@ def build_plugins(specs: list[dict[str, Any]] | dict[str, Any] | None, context: 
 
 
 def _factory(name: str) -> Callable[..., TrainerPlugin]:
-    target = PLUGIN_FACTORIES.get(name, name if name.count(":") == 1 else None)
-    if target is None:
-        raise WtalInputError(f"unknown plug-in {name!r}",
-                             fix=f"use one of {sorted(PLUGIN_FACTORIES)} or a 'module:factory' string")
-    module_name, func_name = target.split(":")
-    try:
-        return getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
-        raise WtalInputError(f"plug-in {name!r} is not available ({exc})",
-                             fix="remove it from the config, or install a wtal version that provides it") from exc
+    return resolve(name, PLUGIN_FACTORIES, what="plug-in")

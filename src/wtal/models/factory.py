@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-
 from torch import nn
 
 from wtal.errors import WtalInputError
+from wtal.importing import is_reference, resolve
 from wtal.models.base import ModelContext
 from wtal.models.basnet import BaSNet
 from wtal.models.facnet import FACNet
@@ -32,18 +31,7 @@ MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
 def model_class(name: str) -> type[nn.Module]:
     """The class registered under ``name``, or ``module:Class`` for a model defined outside wtal (importable
     from ``sys.path``); an unknown name is a user error listing the known ones."""
-    key = name.strip().lower()
-    if key in MODEL_CLASSES:
-        return MODEL_CLASSES[key]
-    if name.count(":") == 1 and all(name.split(":")):
-        module_name, attr = name.split(":")
-        try:
-            return getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise WtalInputError(f"model {name!r} cannot be imported ({exc})",
-                                 fix="put its module on PYTHONPATH, or use a shipped model") from exc
-    raise WtalInputError(f"unknown model name '{name}'",
-                         fix=f"use one of: {', '.join(MODEL_NAMES)}, or a 'module:Class' string")
+    return resolve(name.strip() if is_reference(name.strip()) else name.strip().lower(), MODEL_CLASSES, what="model")
 
 
 def check_hyperparameters(name: str, params: dict) -> None:

@@ -3,14 +3,13 @@ only when used: no registry filled on import)."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from wtal.errors import WtalInputError
+from wtal.importing import is_reference, resolve
 
 if TYPE_CHECKING:
     from wtal.data.rundata import RunData
@@ -68,19 +67,11 @@ class Task(Protocol):
 
 def is_task_name(name: str) -> bool:
     """A shipped task name, or a ``module:factory`` string naming a task defined elsewhere."""
-    return name in TASK_FACTORIES or (name.count(":") == 1 and all(name.split(":")))
+    return name in TASK_FACTORIES or is_reference(name)
 
 
 def build_task(name: str) -> Task:
     """The task called ``name`` (``task:`` in the config): a shipped one, or ``module:factory`` (a class or
     function returning a task, importable from ``sys.path``)."""
-    if not is_task_name(name):
-        raise WtalInputError(f"unknown task {name!r}",
-                             fix=f"use one of {sorted(TASK_FACTORIES)} or a 'module:factory' string")
-    module_name, attr = TASK_FACTORIES.get(name, name).split(":")
-    try:
-        factory: Callable[[], Task] = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise WtalInputError(f"task {name!r} is not available in this wtal installation ({exc})",
-                             fix=f"use one of {sorted(TASK_FACTORIES)}") from exc
+    factory: Callable[[], Task] = resolve(name, TASK_FACTORIES, what="task")
     return factory()
