@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dim", type=int, default=2048, help="joint feature dimension (RGB half + flow half)")
     s.add_argument("--videos", type=int, default=412, help="number of videos (about half train, half test)")
     s.add_argument("--seed", type=int, default=0, help="random seed of the generator")
+    s.add_argument("--clip-dim", type=int, default=0,
+                   help="also write a CLIP-like stream of this width (clip/) and class-name text embeddings "
+                        "(class_text.npy), e.g. 512 as CLIP ViT-B/16; 0: none")
     s.set_defaults(_target="wtal.data.synthetic:synth_command")
 
     s = command("eval", "detection mAP of an ActivityNet-format result file")
@@ -123,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None,
                    help="predict on this data folder instead of the run's, with the same classes, streams and "
                         "widths (default: the run's data)")
+    s.add_argument("--teacher-weight", type=float, default=None,
+                   help="score with the run's model and its teacher together: CAS and video scores "
+                        "(1 - W) model + W teacher, e.g. 0.5 for the fused CBP + VLP branches of a vlp_alternate "
+                        "run (default: the model alone)")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.set_defaults(_target="wtal.engine.command:predict_command")
 

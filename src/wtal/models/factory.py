@@ -12,6 +12,7 @@ from wtal.models.mil import MILModel
 from wtal.models.recipes import parse_hyperparameters
 from wtal.models.rskp import RSKP
 from wtal.models.stpn import STPN
+from wtal.models.vlp import VLPBranch
 from wtal.models.wum import WUM
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
@@ -21,6 +22,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "wum": WUM,
     "facnet": FACNet,
     "mil": MILModel,
+    "vlp": VLPBranch,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
 
