@@ -153,7 +153,7 @@ def snippet_precision_recall(cas: dict[str, np.ndarray], annotations: Annotation
 def summarize(result, annotations: AnnotationSet) -> dict:
     precision, recall = snippet_precision_recall(result.cas, annotations)
     return {"mAP": list(result.report.mAP), "average": float(result.report.averages[AVERAGE]),
-            "precision": precision, "recall": recall}
+            "precision": 100.0 * precision, "recall": 100.0 * recall}
 
 
 def evaluate_run(folder: Path, fusion_weights: tuple[float, ...]) -> dict[str, dict]:
@@ -198,15 +198,15 @@ def table(rows: list[Row], results: dict, seeds: list[int], zero: dict | None) -
     lines = ["| row | seeds | CBP mAP | CBP P | CBP R | VLP mAP | VLP P | VLP R | fused mAP (0.25 / 0.5 / 0.75) |",
              "|---|---|---|---|---|---|---|---|---|"]
     if zero is not None:
-        lines.append(f"| zero-shot VLP (no training) | – | – | – | – | {100 * zero['average']:.1f} | "
-                     f"{100 * zero['precision']:.1f} | {100 * zero['recall']:.1f} | – |")
+        lines.append(f"| zero-shot VLP (no training) | – | – | – | – | {zero['average']:.1f} | "
+                     f"{zero['precision']:.1f} | {zero['recall']:.1f} | – |")
     for row in rows:
         per_seed = [results[row.name][s] for s in seeds if s in results.get(row.name, {})]
         if not per_seed:
             continue
 
         def values(key: str, metric: str, per_seed: list[dict] = per_seed) -> list[float]:
-            return [100.0 * r[key][metric] for r in per_seed if key in r]
+            return [r[key][metric] for r in per_seed if key in r]
 
         fused = " / ".join(cell(values(f"fused@{w:g}", "average")) for w in (0.25, 0.5, 0.75))
         lines.append(f"| {row.what} | {len(per_seed)} | {cell(values('cbp', 'average'))} | "
