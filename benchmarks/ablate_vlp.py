@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default="all")
     parser.add_argument("--no-train", action="store_true", help="only evaluate the runs that exist")
+    parser.add_argument("--train-only", action="store_true", help="train the missing runs, print no table")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -243,6 +244,8 @@ def main() -> None:
     rows = select_rows(args.rows)
     if not args.no_train:
         train(rows, args.data, args.out, seeds, args.epochs, args.threads)
+    if args.train_only:
+        return
     results: dict = {}
     for row in rows:
         for seed in seeds:

@@ -12,6 +12,7 @@ from helpers import SMALL_MODELS, as_double, collate_joint, joint_context
 from wtal.data.batch import Batch
 from wtal.errors import WtalInputError
 from wtal.models import MODEL_NAMES, WtalModel, build_model
+from wtal.models.base import ModelContext
 from wtal.models.losses import (
     attention_contrast,
     binary_cross_entropy,
@@ -40,7 +41,11 @@ def _batch(lengths=(6, 17, 11), seed=0, dim=DIM, scale=1.0) -> Batch:
 
 def _model(name, **params):
     torch.manual_seed(0)
-    return build_model(name, joint_context(DIM, CLASSES), **{**SMALL_MODELS.get(name, {}), **params})
+    context = joint_context(DIM, CLASSES)
+    if name == "vlp":  # one stream of image embeddings in the class text embeddings' space
+        text = np.random.default_rng(1).normal(size=(CLASSES, DIM // 2)).astype(np.float32)
+        context = ModelContext({"rgb": DIM // 2}, context.classes, class_text=text)
+    return build_model(name, context, **{**SMALL_MODELS.get(name, {}), **params})
 
 
 # ------------------------------------------------------------------------------------------- masked ops
@@ -288,6 +293,8 @@ def test_gradients_reach_every_parameter(name):
     model = _model(name).train()
     if name == "rskp":
         model.memory.normal_()
+    if name == "vlp":  # its zero-initialised output layer passes no gradient to the convolution at first
+        torch.nn.init.normal_(model.out.weight)
     batch = _batch(scale=2.0)
     out = model(batch)
     model.losses(out, batch, 150)["total"].sum().backward()

@@ -71,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "(class_text.npy), e.g. 512 as CLIP ViT-B/16; 0: none")
     s.set_defaults(_target="wtal.data.synthetic:synth_command")
 
+    s = command("embed-classes", "class-name text embeddings (class_text.npy) with a local CLIP text tower")
+    s.add_argument("--clip-weights", required=True,
+                   help="open_clip / OpenAI CLIP checkpoint (.pt, .bin or .safetensors); only its text tower is read")
+    s.add_argument("--vocab", required=True,
+                   help="CLIP's BPE vocabulary file (bpe_simple_vocab_16e6.txt.gz, shipped with open_clip)")
+    s.add_argument("--data", required=True, help="W-TALC bundle or per-video feature folder (its class list)")
+    s.add_argument("--templates", nargs="+", default=None, metavar="TEMPLATE",
+                   help='prompt templates with a {class} placeholder, averaged (default: five, e.g. '
+                        '"a video of a person doing {class}.")')
+    s.add_argument("--activation", choices=["quick_gelu", "gelu"], default="quick_gelu",
+                   help="the text tower's MLP activation: quick_gelu for OpenAI's weights, gelu for most "
+                        "open_clip-trained ones (the checkpoint does not say)")
+    s.add_argument("--out", default=None, help="file to write (default: class_text.npy where the data source reads it)")
+    s.set_defaults(_target="wtal.text.command:embed_classes_command")
+
     s = command("eval", "detection mAP of an ActivityNet-format result file")
     s.add_argument("--pred", required=True, help="result JSON (ActivityNet format)")
     s.add_argument("--gt", required=True, help="gt.json, ActivityNet JSON, or a W-TALC annotation folder")

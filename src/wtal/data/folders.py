@@ -133,5 +133,9 @@ class FolderSource:
         out = {s: self._streams[s].load(name, widths[s], self._preferred(name, s)) for s in streams}
         return self.lengths.apply(name, out, self.video_file(name, streams[-1]))
 
+    @property
+    def class_text_path(self) -> Path:
+        return self.path / CLASS_TEXT_FILE
+
     def class_text(self) -> np.ndarray | None:
-        return read_class_text(self.path / CLASS_TEXT_FILE, self.annotations.classes)
+        return read_class_text(self.class_text_path, self.annotations.classes)

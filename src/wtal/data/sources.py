@@ -38,6 +38,11 @@ class FeatureSource(Protocol):
         ``max_length_mismatch`` snippets truncated to the shortest)."""
         ...
 
+    @property
+    def class_text_path(self) -> Path:
+        """Where the source reads ``class_text.npy`` (``wtal embed-classes`` writes it there)."""
+        ...
+
     def class_text(self) -> np.ndarray | None:
         """Class-name text embeddings ``(C, E)`` (``class_text.npy``), or None when the data has none."""
         ...

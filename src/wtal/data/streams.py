@@ -163,7 +163,7 @@ def unknown_streams(requested: Iterable[str], available: Mapping[str, int], path
     return WtalInputError(f"the data has no {', '.join(repr(s) for s in missing)} stream "
                           f"(streams present: {', '.join(available) or 'none'})", path=path,
                           fix="add the stream's features to the data folder, or choose streams the data has "
-                              "(model.streams)")
+                              "(model.streams, teacher.model.streams)")
 
 
 def read_class_text(path: Path, classes: list[str]) -> np.ndarray | None:

@@ -373,5 +373,9 @@ class WtalcSource:
             out[s] = halves[s] if s in PRIMARY_STREAMS else self._extra[s].load(name, widths[s])
         return self.lengths.apply(name, out, self.feature_path)
 
+    @property
+    def class_text_path(self) -> Path:
+        return self.feature_path.parent / CLASS_TEXT_FILE
+
     def class_text(self) -> np.ndarray | None:
-        return read_class_text(self.feature_path.parent / CLASS_TEXT_FILE, self.annotations.classes)
+        return read_class_text(self.class_text_path, self.annotations.classes)
