@@ -79,6 +79,17 @@ def test_clip_stream_is_written_in_both_layouts(tmp_path, clip_set):
         np.testing.assert_array_equal(source.class_text(), clip_set.class_text)
 
 
+def test_synth_command_clip_dim(tmp_path, capsys):
+    from wtal.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "s"), "--dim", "8", "--videos", "4", "--clip-dim", "6"]) == 0
+    assert "CLIP-like stream: 6-d" in capsys.readouterr().out
+    assert open_source(tmp_path / "s" / "folders").stream_widths() == {"rgb": 4, "flow": 4, "clip": 6}
+    assert open_source(tmp_path / "s" / "wtalc").class_text().shape == (20, 6)
+    assert main(["synth", "--out", str(tmp_path / "t"), "--dim", "8", "--videos", "4", "--clip-dim", "1"]) == 2
+    assert not (tmp_path / "t").exists()
+
+
 # ------------------------------------------------------------------------------------------- VLP branch
 def _vlp_context(width=8, classes=3, seed=0):
     text = np.random.default_rng(seed).normal(size=(classes, width)).astype(np.float32)
