@@ -7,12 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers import SMALL_MODELS, as_double, collate_joint, joint_context
+from helpers import SMALL_MODELS, as_double, collate_joint, joint_context, model_context
 
 from wtal.data.batch import Batch
 from wtal.errors import WtalInputError
 from wtal.models import MODEL_NAMES, WtalModel, build_model
-from wtal.models.base import ModelContext
 from wtal.models.losses import (
     attention_contrast,
     binary_cross_entropy,
@@ -41,11 +40,7 @@ def _batch(lengths=(6, 17, 11), seed=0, dim=DIM, scale=1.0) -> Batch:
 
 def _model(name, **params):
     torch.manual_seed(0)
-    context = joint_context(DIM, CLASSES)
-    if name == "vlp":  # one stream of image embeddings in the class text embeddings' space
-        text = np.random.default_rng(1).normal(size=(CLASSES, DIM // 2)).astype(np.float32)
-        context = ModelContext({"rgb": DIM // 2}, context.classes, class_text=text)
-    return build_model(name, context, **{**SMALL_MODELS.get(name, {}), **params})
+    return build_model(name, model_context(name, DIM, CLASSES), **{**SMALL_MODELS.get(name, {}), **params})
 
 
 # ------------------------------------------------------------------------------------------- masked ops
