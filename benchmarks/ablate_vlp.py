@@ -11,7 +11,7 @@ background), with the CBP config's post-processing.
 
 For each run the script evaluates, on the test split, the CBP branch alone (the run's model, what
 ``wtal predict`` gives), the trained VLP branch alone (``--teacher-weight 1``) and the fused CAS
-(``--teacher-weight`` 0.5, and 0.25 / 0.75 for the fusion-weight rows), each from the run's selected
+(``--teacher-weight`` 0.5, and 0.25 / 0.75 for the rows in :data:`FUSION_ROWS`), each from the run's selected
 checkpoint: detection mAP at tIoU 0.1:0.7 and its average, and snippet-level foreground precision and recall
 (:func:`snippet_precision_recall`). Cells are mean ± sample std over the seeds that finished (percent); the
 tables go to stdout and, with every per-seed number, to ``OUTDIR/ablation.json``.
@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 AVERAGE = "AVG(0.1:0.7)"
 FUSION_WEIGHT = 0.5  # the fused rows' weight (docs/methods/vlp.md: no reason to prefer either branch)
+FUSION_WEIGHTS = (0.25, 0.5, 0.75)  # measured on the rows in FUSION_ROWS (each costs a test evaluation)
+FUSION_ROWS = ("both",)
 ZERO_SHOT_PARAMS = {"temporal": "none", "text_residual": False, "background": False}
 REL_THRESHOLD = 0.5  # snippet-level foreground: CAS at least half-way between its video minimum and maximum
 
@@ -251,7 +253,8 @@ def main() -> None:
         for seed in seeds:
             folder = run_dir(args.out, row, seed)
             if (folder / "report.json").is_file():
-                results.setdefault(row.name, {})[seed] = evaluate_run(folder, (0.25, FUSION_WEIGHT, 0.75))
+                weights = FUSION_WEIGHTS if row.name in FUSION_ROWS else (FUSION_WEIGHT,)
+                results.setdefault(row.name, {})[seed] = evaluate_run(folder, weights)
     zero = zero_shot(args.data)
     text = table(rows, results, seeds, zero)
     print(text)
