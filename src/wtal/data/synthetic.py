@@ -60,6 +60,30 @@ with D weights and ~200 training videos does worse at larger D; 0.5 keeps the pe
   a scalar bias ``beta_v ~ N(0, domain_bias_sd)``, a noise level ``sigma_v = exp(N(0, noise_level_sd))`` and
   an output gain ``s_v = exp(N(0, domain_gain_sd))``, each drawn per video and modality.
 
+**CLIP-like stream** (``clip_dim > 0``; off by default). A second embedding space of ``clip_dim`` channels with
+class-name text embeddings (``SyntheticSet.class_text``, unit rows ``sqrt(clip_text_common) g +
+sqrt(clip_text_venue) q_venue + sqrt(rest) q_c``: one prompt direction ``g`` shared by every class, a part
+shared with the venue siblings, a part of the class's own) and image-side unit directions that put
+``clip_text_alignment`` of their energy along their class's text row (the rest is visual only). Per snippet,
+from the same hidden events as the I3D-like streams, the image embedding is::
+
+    y[t] = gap_strength * gap + action_strength * sum_p phase_cover[t, c, p] * appearance_c
+           + context_strength * context[t, c] * scene_c + venue_strength * venue_level * venue_v
+           + person_strength * motion[t] * person + drift[t] + noise[t]
+
+It is *appearance and scene driven*: the **appearance** term sees every phase of an instance alike (not only
+the key motion that dominates the I3D-like flow), and also a distractor episode's start-phase look-alike; the
+**scene** term follows the I3D model's class-context timeline (the instance, an exponential decay around it,
+an ambient level over the whole video, fully on in distractor episodes between instances); the **venue** scene
+is on all video long and is aligned with the mean text of the venue's classes; ``person`` (a person moving,
+along the common prompt direction) follows the generic-motion timeline; ``gap`` is the image side's common
+offset (CLIP's modality gap); ``drift`` is a per-video AR(1) over ``nuisance_corr_s`` of norm
+``clip_nuisance_strength`` and ``noise`` per-snippet noise of norm ``clip_noise``. Zero-shot scoring (cosine
+to the text rows) therefore fires on scene look-alikes around and between instances: over-complete. The
+stream and the text come from their own random streams (``[seed, 4]``, ``[seed, 5, video]``), so switching
+them on changes no other output. Written as ``clip/{train,test}/VIDEO.npy`` beside the W-TALC bundle (PVLR's
+layout), ``features/{split}/clip/`` in the per-video folders, and ``class_text.npy`` in both.
+
 ``SyntheticSet.snippet_labels[name][t, c]`` is true when the centre of snippet ``t`` lies in an instance of
 class ``c``; ``snippet_phase[name][t]`` is 0 for background, else ``1 + p`` for phase ``p``.
 """
