@@ -71,6 +71,21 @@ def joint_context(dim: int, num_classes: int, streams: tuple[str, ...] = ("rgb",
     return ModelContext(widths, tuple(f"class{i}" for i in range(num_classes)))
 
 
+def model_context(name: str, dim: int, num_classes: int):
+    """The context the model-wide tests build model ``name`` from: :func:`joint_context`, except for the VLP
+    branch, which reads one stream of image embeddings (here the RGB half of a joint batch) in the space of
+    the class text embeddings it needs."""
+    import numpy as np
+
+    from wtal.models.base import ModelContext
+
+    context = joint_context(dim, num_classes)
+    if name != "vlp":
+        return context
+    text = np.random.default_rng(1).normal(size=(num_classes, dim // 2)).astype(np.float32)
+    return ModelContext({"rgb": dim // 2}, context.classes, class_text=text)
+
+
 def split_joint(x, streams: tuple[str, ...] = ("rgb", "flow")) -> dict:
     """A joint ``(..., D)`` array or tensor as named streams (halves, RGB first)."""
     if len(streams) == 1:

@@ -3,6 +3,8 @@ streams, class-name text embeddings, caching, batching."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -150,15 +152,46 @@ def test_extra_stream_is_found_beside_the_features(tmp_path, toy, kind, split_fo
     np.testing.assert_array_equal(item.inputs["rgb"], feats["train_b"][:, :3])
 
 
-def test_stream_length_mismatch_names_the_video_and_both_lengths(tmp_path, toy):
+@pytest.mark.parametrize("kind", ["bundle", "folders"])
+def test_stream_length_mismatch_beyond_the_tolerance_names_the_video_and_both_lengths(tmp_path, toy, kind):
+    ann, feats = toy
+    if kind == "bundle":
+        write_wtalc_bundle(tmp_path, "Toy", ann, feats)
+        clip_file = tmp_path / "clip" / "train_a.npy"
+    else:
+        write_video_folders(tmp_path, ann, {v: FeatureLayout.split_evenly(DIM).split(x) for v, x in feats.items()})
+        clip_file = tmp_path / "features" / "train" / "clip" / "train_a.npy"
+    _add_clip_stream(kind, tmp_path, toy)
+    np.save(clip_file, _clip(3, 0))  # 3 snippets, the I3D streams have 6: beyond the default tolerance of 2
+    ds = VideoDataset(open_source(tmp_path), ["train_a"], ["rgb", "clip"])
+    with pytest.raises(WtalInputError, match=r"stream 'clip' has 3 snippets but 'rgb' has 6") as err:
+        ds[0]
+    assert err.value.video == "train_a"
+    strict = VideoDataset(open_source(tmp_path, max_length_mismatch=0), ["train_a"], ["rgb", "clip"])
+    np.save(clip_file, _clip(7, 0))
+    with pytest.raises(WtalInputError, match=r"'rgb' has 6 snippets but 'clip' has 7"):
+        strict[0]
+
+
+@pytest.mark.parametrize("clip_length", [4, 5, 7, 8])
+def test_stream_length_mismatch_within_the_tolerance_is_truncated_and_logged(tmp_path, toy, caplog, clip_length):
     ann, feats = toy
     write_wtalc_bundle(tmp_path, "Toy", ann, feats)
     _add_clip_stream("bundle", tmp_path, toy)
-    np.save(tmp_path / "clip" / "train_a.npy", _clip(5, 0))  # 5 snippets, the I3D streams have 6
-    ds = VideoDataset(open_source(tmp_path), ["train_a"], ["rgb", "clip"])
-    with pytest.raises(WtalInputError, match=r"stream 'clip' has 5 snippets but 'rgb' has 6") as err:
-        ds[0]
-    assert err.value.video == "train_a"
+    np.save(tmp_path / "clip" / "train_a.npy", _clip(clip_length, 0))  # the I3D streams have 6
+    source = open_source(tmp_path)
+    with caplog.at_level(logging.INFO, logger="wtal.data.streams"):
+        first = VideoDataset(source, ["train_a", "train_b"], ["rgb", "clip"], cache=False)
+        items = [first[0], first[0], first[1]]  # read twice: logged once
+    keep = min(6, clip_length)
+    assert all(x.shape[0] == keep for x in items[0].inputs.values()) and items[0].length == keep
+    np.testing.assert_array_equal(items[0].inputs["rgb"], feats["train_a"][:keep, :3])  # the first snippets
+    np.testing.assert_array_equal(items[0].inputs["clip"], _clip(clip_length, 0)[:keep])
+    assert items[2].length == 4  # train_b's streams agree: untouched
+    lines = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(lines) == 1 and "train_a" in lines[0] and f"truncated to {keep}" in lines[0]
+    assert "1 video(s) truncated so far" in lines[0]
+    assert source.lengths.truncated == {"train_a": {"rgb": 6, "clip": clip_length}}
 
 
 def test_missing_stream_file_names_the_file(tmp_path, toy):

@@ -1,6 +1,7 @@
 """Every shipped detection config reproduces its recorded fixed-seed short run (losses and metrics).
 
-The records in ``data/golden_runs.json`` were made by ``golden_runs.py``; refactorings must keep them.
+The records in ``data/golden_runs.json`` (I3D rgb/flow configs) and ``data/golden_runs_clip.json`` (configs
+that also read a clip stream) were made by ``golden_runs.py``; refactorings must keep them.
 """
 
 from __future__ import annotations
@@ -8,13 +9,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from golden_runs import GOLDEN_FILE, detection_configs, record_all
+from golden_runs import CLIP_GOLDEN_FILE, GOLDEN_FILE, clip_configs, detection_configs, record_all
 
 RECORDED = json.loads(GOLDEN_FILE.read_text(encoding="utf-8"))
+RECORDED_CLIP = json.loads(CLIP_GOLDEN_FILE.read_text(encoding="utf-8"))
 
 
 def test_every_shipped_config_has_a_record():
     assert sorted(RECORDED) == sorted(detection_configs())
+    assert sorted(RECORDED_CLIP) == sorted(clip_configs())
+    assert {"rskp_vlp", "rskp_vlp_gaufuse", "basnet_vlp"} <= set(RECORDED_CLIP)
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +26,22 @@ def fresh_runs() -> dict[str, dict]:
     return record_all(sorted(RECORDED))
 
 
+@pytest.fixture(scope="module")
+def fresh_clip_runs() -> dict[str, dict]:
+    return record_all(sorted(RECORDED_CLIP), clip=True)
+
+
 @pytest.mark.parametrize("name", sorted(RECORDED))
 def test_shipped_config_reproduces_its_recorded_run(fresh_runs, name):
-    got, want = fresh_runs[name], RECORDED[name]
+    _check_run(fresh_runs[name], RECORDED[name])
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_CLIP))
+def test_shipped_clip_config_reproduces_its_recorded_run(fresh_clip_runs, name):
+    _check_run(fresh_clip_runs[name], RECORDED_CLIP[name])
+
+
+def _check_run(got: dict, want: dict) -> None:
     assert got["epoch"] == want["epoch"]
     assert len(got["losses"]) == len(want["losses"])
     for epoch, (g, w) in enumerate(zip(got["losses"], want["losses"], strict=True)):

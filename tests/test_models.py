@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers import SMALL_MODELS, as_double, collate_joint, fill_label_store, joint_context
+from helpers import SMALL_MODELS, as_double, collate_joint, fill_label_store, joint_context, model_context
 
 from wtal.data.batch import Batch
 from wtal.errors import WtalInputError
@@ -40,7 +40,7 @@ def _batch(lengths=(6, 17, 11), seed=0, dim=DIM, scale=1.0) -> Batch:
 
 def _model(name, **params):
     torch.manual_seed(0)
-    return build_model(name, joint_context(DIM, CLASSES), **{**SMALL_MODELS.get(name, {}), **params})
+    return build_model(name, model_context(name, DIM, CLASSES), **{**SMALL_MODELS.get(name, {}), **params})
 
 
 # ------------------------------------------------------------------------------------------- masked ops
@@ -288,6 +288,8 @@ def test_gradients_reach_every_parameter(name):
     model = _model(name).train()
     if name == "rskp":
         model.memory.normal_()
+    if name == "vlp":  # its zero-initialised output layer passes no gradient to the convolution at first
+        torch.nn.init.normal_(model.out.weight)
     batch = _batch(scale=2.0)
     if name == "mmsd":  # stored labels, so that the self-voting loss takes part
         fill_label_store(model, batch.lengths.tolist())

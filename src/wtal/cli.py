@@ -72,7 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of videos (default: 412, about half train, half test; grounding 6000, a fifth "
                         "test)")
     s.add_argument("--seed", type=int, default=0, help="random seed of the generator")
+    s.add_argument("--clip-dim", type=int, default=0,
+                   help="also write a CLIP-like stream of this width (clip/) and class-name text embeddings "
+                        "(class_text.npy), e.g. 512 as CLIP ViT-B/16; 0: none")
     s.set_defaults(_target="wtal.data.synthetic:synth_command")
+
+    s = command("embed-classes", "class-name text embeddings (class_text.npy) with a local CLIP text tower")
+    s.add_argument("--clip-weights", required=True,
+                   help="open_clip / OpenAI CLIP checkpoint (.pt, .bin or .safetensors); only its text tower is read")
+    s.add_argument("--vocab", required=True,
+                   help="CLIP's BPE vocabulary file (bpe_simple_vocab_16e6.txt.gz, shipped with open_clip)")
+    s.add_argument("--data", required=True, help="W-TALC bundle or per-video feature folder (its class list)")
+    s.add_argument("--templates", nargs="+", default=None, metavar="TEMPLATE",
+                   help='prompt templates with a {class} placeholder, averaged (default: five, e.g. '
+                        '"a video of a person doing {class}.")')
+    s.add_argument("--activation", choices=["quick_gelu", "gelu"], default="quick_gelu",
+                   help="the text tower's MLP activation: quick_gelu for OpenAI's weights, gelu for most "
+                        "open_clip-trained ones (the checkpoint does not say)")
+    s.add_argument("--out", default=None, help="file to write (default: class_text.npy where the data source reads it)")
+    s.set_defaults(_target="wtal.text.command:embed_classes_command")
 
     s = command("eval", "detection mAP of an ActivityNet-format result file, or grounding recall")
     s.add_argument("--task", choices=["detection", "grounding"], default="detection",
@@ -140,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None,
                    help="predict on this data folder instead of the run's, with the same classes, streams and "
                         "widths (default: the run's data)")
+    s.add_argument("--teacher-weight", type=float, default=None,
+                   help="score with the run's model and its teacher together: CAS and video scores "
+                        "(1 - W) model + W teacher, e.g. 0.5 for the fused CBP + VLP branches of a vlp_alternate "
+                        "run (default: the model alone)")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.set_defaults(_target="wtal.engine.command:predict_command")
 

@@ -21,8 +21,10 @@ from wtal.data.annotations import AnnotationSet
 from wtal.data.sources import FEATURES_DIR, GT_FILE, split_subsets
 from wtal.data.streams import (
     CLASS_TEXT_FILE,
+    DEFAULT_MAX_LENGTH_MISMATCH,
+    LengthRule,
     NpyStream,
-    check_same_length,
+    align_lengths,
     ordered_streams,
     read_class_text,
     stream_folders,
@@ -65,7 +67,7 @@ def write_video_folders(folder: str | Path, annotations: AnnotationSet,
                                  path=where, video=v.name, fix="give every video the same streams")
         arrays = {s: check_features(x, path=where, video=v.name, dim=widths.get(s), what=f"{s} features")
                   for s, x in streams.items()}
-        check_same_length(v.name, arrays, where)
+        align_lengths(v.name, arrays, where)  # the writer accepts no mismatch
         for stream, x in arrays.items():
             widths[stream] = x.shape[1]
             path = where / split_of[v.subset] / stream / f"{v.name}.npy"
@@ -76,9 +78,12 @@ def write_video_folders(folder: str | Path, annotations: AnnotationSet,
 
 
 class FolderSource:
-    """A per-video feature folder as a feature source; features are loaded one video at a time."""
+    """A per-video feature folder as a feature source; features are loaded one video at a time. Streams of a
+    video that differ by at most ``max_length_mismatch`` snippets are truncated to the shortest."""
 
-    def __init__(self, path: str | Path, snippets_per_second: float | None = None):
+    def __init__(self, path: str | Path, snippets_per_second: float | None = None,
+                 max_length_mismatch: int = DEFAULT_MAX_LENGTH_MISMATCH):
+        self.lengths = LengthRule(max_length_mismatch)
         self.path = Path(path)
         self.annotations = read_activitynet_json(self.path / GT_FILE, snippets_per_second)
         if not self.annotations.videos:
@@ -116,7 +121,8 @@ class FolderSource:
         return self._streams[stream].path(name, self._preferred(name, stream))
 
     def features(self, name: str, streams: Sequence[str]) -> dict[str, np.ndarray]:
-        """``{stream: (T, D_stream) float32}`` of video ``name``, checked (finite, same ``T``)."""
+        """``{stream: (T, D_stream) float32}`` of video ``name``, checked (finite, same ``T`` after the length
+        rule)."""
         widths = self.stream_widths()
         missing = unknown_streams(streams, widths, self.path / FEATURES_DIR)
         if missing is not None:
@@ -125,8 +131,11 @@ class FolderSource:
             raise WtalInputError("video not in gt.json", path=self.path / GT_FILE, video=name,
                                  fix="use a video name from gt.json")
         out = {s: self._streams[s].load(name, widths[s], self._preferred(name, s)) for s in streams}
-        check_same_length(name, out, self.video_file(name, streams[-1]))
-        return out
+        return self.lengths.apply(name, out, self.video_file(name, streams[-1]))
+
+    @property
+    def class_text_path(self) -> Path:
+        return self.path / CLASS_TEXT_FILE
 
     def class_text(self) -> np.ndarray | None:
-        return read_class_text(self.path / CLASS_TEXT_FILE, self.annotations.classes)
+        return read_class_text(self.class_text_path, self.annotations.classes)

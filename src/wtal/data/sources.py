@@ -10,6 +10,7 @@ import numpy as np
 
 from wtal.data.activitynet import read_activitynet_json
 from wtal.data.annotations import AnnotationSet
+from wtal.data.streams import DEFAULT_MAX_LENGTH_MISMATCH
 from wtal.data.wtalc import FEATURE_SUFFIX, WtalcSource, read_wtalc_annotations
 from wtal.errors import WtalInputError
 
@@ -33,7 +34,13 @@ class FeatureSource(Protocol):
 
     def features(self, name: str, streams: Sequence[str]) -> dict[str, np.ndarray]:
         """``{stream: (T, D_stream) float32}`` of video ``name``, checked: finite, ``T > 0``, widths as
-        ``stream_widths``, the same ``T`` for every stream."""
+        ``stream_widths``, the same ``T`` for every stream (a difference of at most the source's
+        ``max_length_mismatch`` snippets truncated to the shortest)."""
+        ...
+
+    @property
+    def class_text_path(self) -> Path:
+        """Where the source reads ``class_text.npy`` (``wtal embed-classes`` writes it there)."""
         ...
 
     def class_text(self) -> np.ndarray | None:
@@ -45,11 +52,13 @@ def _is_folder_source(path: Path) -> bool:
     return (path / GT_FILE).is_file() and (path / FEATURES_DIR).is_dir()
 
 
-def open_source(path: str | Path, snippets_per_second: float | None = None) -> FeatureSource:
+def open_source(path: str | Path, snippets_per_second: float | None = None,
+                max_length_mismatch: int = DEFAULT_MAX_LENGTH_MISMATCH) -> FeatureSource:
     """Open a W-TALC bundle (folder or feature file) or a per-video feature folder.
 
     ``snippets_per_second`` overrides the rate (default: the per-video folder's ``gt.json`` value, else
-    25/16).
+    25/16); streams of a video that differ by at most ``max_length_mismatch`` snippets are truncated to the
+    shortest (:class:`wtal.data.streams.LengthRule`).
     """
     from wtal.data.folders import FolderSource  # local: folders.py imports split_subsets from here
 
@@ -58,9 +67,9 @@ def open_source(path: str | Path, snippets_per_second: float | None = None) -> F
         raise WtalInputError("data path not found", path=path,
                              fix=f"pass the right --data folder; {_EXPECTED}")
     if path.is_dir() and _is_folder_source(path):
-        return FolderSource(path, snippets_per_second)
+        return FolderSource(path, snippets_per_second, max_length_mismatch)
     if path.name.endswith(FEATURE_SUFFIX) or (path.is_dir() and any(path.glob(f"*{FEATURE_SUFFIX}"))):
-        return WtalcSource(path, snippets_per_second)
+        return WtalcSource(path, snippets_per_second, max_length_mismatch)
     inner = _sources_below(path) if path.is_dir() else []
     if inner:
         raise WtalInputError(f"not a feature source itself, but it contains {len(inner)}: "

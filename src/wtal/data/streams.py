@@ -1,7 +1,8 @@
 """Named feature streams stored as one ``VIDEO.npy`` per video, and the checks every source shares.
 
 A stream is a named per-snippet feature (``rgb``, ``flow``, ``clip``, ...); all streams of a video have the
-same number of snippets ``T``, each its own width. Sources (the W-TALC bundle, per-video folders) find their
+same number of snippets ``T``, each its own width (a difference of a few snippets is truncated, see
+:class:`LengthRule`). Sources (the W-TALC bundle, per-video folders) find their
 streams here: a stream folder holds ``VIDEO.npy`` files directly or in split subfolders (``train/``,
 ``test/``, as PVLR's ``Thumos14_CLIP/{train,test}/``). Stream names are lower-case identifiers
 (``[a-z][a-z0-9_]*``), so folders such as ``Thumos14reduced-Annotations`` are never taken for streams.
@@ -9,18 +10,27 @@ streams here: a stream folder holds ``VIDEO.npy`` files directly or in split sub
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from wtal.atomic import write_atomic
 from wtal.data.validate import REEXTRACT, check_features
 from wtal.errors import WtalInputError
+
+logger = logging.getLogger(__name__)
 
 STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 PRIMARY_STREAMS = ("rgb", "flow")
 CLASS_TEXT_FILE = "class_text.npy"
+#: streams of one video whose lengths differ by at most this many snippets are truncated to the shortest
+#: (``data.max_length_mismatch``): extractors that round the last partial 16-frame snippet down or up, or
+#: sample the first snippet at frame 0 or at its centre, disagree by one snippet each (at most 1.3 s at
+#: 25 fps); a larger difference means another snippet rate or another video, which truncation would hide
+DEFAULT_MAX_LENGTH_MISMATCH = 2
 
 
 def ordered_streams(names: Iterable[str]) -> list[str]:
@@ -90,16 +100,58 @@ class NpyStream:
         return check_features(raw, path=path, video=video, dim=dim, what=f"{self.name} features")
 
 
-def check_same_length(video: str, arrays: Mapping[str, np.ndarray], path: Path | str | None) -> None:
-    """All streams of ``video`` must have the same number of snippets."""
+def align_lengths(video: str, arrays: Mapping[str, np.ndarray], path: Path | str | None, max_mismatch: int = 0
+                  ) -> dict[str, np.ndarray]:
+    """The streams of ``video`` cut to a common number of snippets.
+
+    Streams that differ by at most ``max_mismatch`` snippets are truncated to the shortest (the first snippets
+    are aligned; feature extractors round a video's last partial snippet differently); a larger difference
+    is an error naming the video and both lengths, since it means another snippet rate or another video.
+    """
     lengths = {name: int(a.shape[0]) for name, a in arrays.items()}
-    if len(set(lengths.values())) > 1:
-        shortest = min(lengths, key=lengths.__getitem__)
-        longest = max(lengths, key=lengths.__getitem__)
+    if len(set(lengths.values())) <= 1:
+        return dict(arrays)
+    shortest = min(lengths, key=lengths.__getitem__)
+    longest = max(lengths, key=lengths.__getitem__)
+    if lengths[longest] - lengths[shortest] > max_mismatch:
         raise WtalInputError(f"stream {shortest!r} has {lengths[shortest]} snippets but {longest!r} has "
-                             f"{lengths[longest]}", path=path, video=video,
+                             f"{lengths[longest]} (at most {max_mismatch} snippet(s) of difference are "
+                             "truncated: data.max_length_mismatch)", path=path, video=video,
                              fix="extract every stream of a video with the same snippet rate and length "
                                  "(one feature per 16-frame snippet)")
+    keep = lengths[shortest]
+    return {name: a[:keep] for name, a in arrays.items()}
+
+
+class LengthRule:
+    """:func:`align_lengths` for a feature source, logging each truncated video once with a running count."""
+
+    def __init__(self, max_mismatch: int = DEFAULT_MAX_LENGTH_MISMATCH):
+        if isinstance(max_mismatch, bool) or not isinstance(max_mismatch, int) or max_mismatch < 0:
+            raise WtalInputError(f"max_length_mismatch must be a non-negative integer, got {max_mismatch!r}",
+                                 fix=f"use e.g. data.max_length_mismatch: {DEFAULT_MAX_LENGTH_MISMATCH}")
+        self.max_mismatch = max_mismatch
+        self.truncated: dict[str, dict[str, int]] = {}  # video -> the stream lengths before truncation
+
+    def apply(self, video: str, arrays: Mapping[str, np.ndarray], path: Path | str | None) -> dict[str, np.ndarray]:
+        aligned = align_lengths(video, arrays, path, self.max_mismatch)
+        if video not in self.truncated and any(aligned[s].shape[0] != a.shape[0] for s, a in arrays.items()):
+            self.truncated[video] = {s: int(a.shape[0]) for s, a in arrays.items()}
+            keep = next(iter(aligned.values())).shape[0]
+            logger.info("video %s: streams of %s snippets truncated to %d (%d video(s) truncated so far; "
+                        "data.max_length_mismatch %d)", video,
+                        ", ".join(f"{s} {n}" for s, n in self.truncated[video].items()), keep,
+                        len(self.truncated), self.max_mismatch)
+        return aligned
+
+
+def write_stream_files(folder: Path, arrays: Mapping[str, np.ndarray], split_of: Mapping[str, str]) -> None:
+    """One stream as ``folder/SPLIT/VIDEO.npy`` (PVLR's ``Thumos14_CLIP/{train,test}/`` layout), each file
+    written atomically; ``split_of[video]`` is the split folder name."""
+    for video, x in arrays.items():
+        part = np.ascontiguousarray(x)
+        write_atomic(folder / split_of[video] / f"{video}.npy",
+                     lambda fh, part=part: np.save(fh, part, allow_pickle=False), binary=True)
 
 
 def unknown_streams(requested: Iterable[str], available: Mapping[str, int], path: Path | str | None
@@ -111,7 +163,7 @@ def unknown_streams(requested: Iterable[str], available: Mapping[str, int], path
     return WtalInputError(f"the data has no {', '.join(repr(s) for s in missing)} stream "
                           f"(streams present: {', '.join(available) or 'none'})", path=path,
                           fix="add the stream's features to the data folder, or choose streams the data has "
-                              "(model.streams)")
+                              "(model.streams, teacher.model.streams)")
 
 
 def read_class_text(path: Path, classes: list[str]) -> np.ndarray | None:

@@ -60,6 +60,30 @@ with D weights and ~200 training videos does worse at larger D; 0.5 keeps the pe
   a scalar bias ``beta_v ~ N(0, domain_bias_sd)``, a noise level ``sigma_v = exp(N(0, noise_level_sd))`` and
   an output gain ``s_v = exp(N(0, domain_gain_sd))``, each drawn per video and modality.
 
+**CLIP-like stream** (``clip_dim > 0``; off by default). A second embedding space of ``clip_dim`` channels with
+class-name text embeddings (``SyntheticSet.class_text``, unit rows ``sqrt(clip_text_common) g +
+sqrt(clip_text_venue) q_venue + sqrt(rest) q_c``: one prompt direction ``g`` shared by every class, a part
+shared with the venue siblings, a part of the class's own) and image-side unit directions that put
+``clip_text_alignment`` of their energy along their class's text row (the rest is visual only). Per snippet,
+from the same hidden events as the I3D-like streams, the image embedding is::
+
+    y[t] = gap_strength * gap + action_strength * sum_p phase_cover[t, c, p] * appearance_c
+           + context_strength * context[t, c] * scene_c + venue_strength * venue_level * venue_v
+           + person_strength * motion[t] * person + drift[t] + noise[t]
+
+It is *appearance and scene driven*: the **appearance** term sees every phase of an instance alike (not only
+the key motion that dominates the I3D-like flow), and also a distractor episode's start-phase look-alike; the
+**scene** term follows the I3D model's class-context timeline (the instance, an exponential decay around it,
+an ambient level over the whole video, fully on in distractor episodes between instances); the **venue** scene
+is on all video long and is aligned with the mean text of the venue's classes; ``person`` (a person moving,
+along the common prompt direction) follows the generic-motion timeline; ``gap`` is the image side's common
+offset (CLIP's modality gap); ``drift`` is a per-video AR(1) over ``nuisance_corr_s`` of norm
+``clip_nuisance_strength`` and ``noise`` per-snippet noise of norm ``clip_noise``. Zero-shot scoring (cosine
+to the text rows) therefore fires on scene look-alikes around and between instances: over-complete. The
+stream and the text come from their own random streams (``[seed, 4]``, ``[seed, 5, video]``), so switching
+them on changes no other output. Written as ``clip/{train,test}/VIDEO.npy`` beside the W-TALC bundle (PVLR's
+layout), ``features/{split}/clip/`` in the per-video folders, and ``class_text.npy`` in both.
+
 ``SyntheticSet.snippet_labels[name][t, c]`` is true when the centre of snippet ``t`` lies in an instance of
 class ``c``; ``snippet_phase[name][t]`` is 0 for background, else ``1 + p`` for phase ``p``.
 """
@@ -74,7 +98,9 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from wtal.atomic import write_atomic
 from wtal.data.annotations import AnnotationSet, Instance, VideoInfo
+from wtal.data.streams import CLASS_TEXT_FILE, write_stream_files
 from wtal.data.timebase import (
     I3D_SNIPPETS_PER_SECOND,
     FeatureLayout,
@@ -85,6 +111,7 @@ from wtal.data.timebase import (
 from wtal.errors import WtalInputError
 
 BUNDLE_NAME = "SynThumos"
+CLIP_STREAM = "clip"
 _RGB, _FLOW = 0, 1
 
 
@@ -172,6 +199,19 @@ class SynthConfig(FeatureNoiseConfig):
     background_activity_fraction: float = 0.3
     background_activity_mean_s: float = 6.0
     background_activity_level: float = 0.7
+    # CLIP-like stream and class-name text embeddings (0: none; their own random streams, so switching them
+    # on leaves every other output unchanged)
+    clip_dim: int = 0
+    clip_text_common: float = 0.6  # share of every class text embedding along one prompt direction
+    clip_text_venue: float = 0.15  # share a class text embedding has with its venue siblings'
+    clip_text_alignment: float = 0.4  # share of an appearance / scene direction along its class's text
+    clip_action_strength: float = 1.0  # every phase of an instance (appearance: the whole action is seen)
+    clip_context_strength: float = 1.0  # scene look-alikes: the class-context timeline of the I3D model
+    clip_venue_strength: float = 0.8  # the venue scene, all video long
+    clip_person_strength: float = 0.5  # a person moving (action and background activity), along the prompt
+    clip_gap_strength: float = 2.0  # the image side's common offset (CLIP's modality gap)
+    clip_nuisance_strength: float = 0.6  # per-video slow drift (camera, lighting), AR(1) over nuisance_corr_s
+    clip_noise: float = 0.6  # per-snippet noise (norm of the noise vector)
 
     def __post_init__(self) -> None:
         if self.num_videos < 2:
@@ -185,6 +225,10 @@ class SynthConfig(FeatureNoiseConfig):
             raise ValueError("phase_fractions, phase_sharing and phase_strength_* must have the same length")
         if not 0 <= self.noise_ar < 1:
             raise ValueError(f"noise_ar must be in [0, 1), got {self.noise_ar}")
+        if self.clip_dim < 0 or self.clip_dim == 1:
+            raise ValueError(f"clip_dim must be 0 (no CLIP stream) or >= 2, got {self.clip_dim}")
+        if not 0 <= self.clip_text_common + self.clip_text_venue <= 1:
+            raise ValueError("clip_text_common + clip_text_venue must lie in [0, 1]")
 
     @property
     def num_train(self) -> int:
@@ -198,6 +242,8 @@ class SyntheticSet:
     layout: FeatureLayout
     snippet_labels: dict[str, np.ndarray]  # (T, C) bool: snippet centre inside an instance of the class
     snippet_phase: dict[str, np.ndarray] = field(default_factory=dict)  # (T,) int8: 0 background, 1 + phase
+    clip: dict[str, np.ndarray] = field(default_factory=dict)  # (T, clip_dim) float32 (empty: no CLIP stream)
+    class_text: np.ndarray | None = None  # (C, clip_dim) float32 unit rows, class-list order
 
 
 @dataclass
@@ -210,6 +256,28 @@ class _World:
     rate: np.ndarray  # (C,) mean instance count in a 150 s video
     balance: np.ndarray  # (C, 2) modality weight w_c
     atoms: list[np.ndarray]  # per modality (n_atoms, d) float32
+
+
+@dataclass
+class _ClipWorld:
+    """The CLIP-like embedding space: class text embeddings and the image side's unit directions."""
+
+    text: np.ndarray  # (C, E) unit rows
+    appearance: np.ndarray  # (C, E) an instance of the class, whatever its phase
+    scene: np.ndarray  # (C, E) the class's surroundings (context and look-alikes)
+    venue: np.ndarray  # (V, E) the venue scene
+    person: np.ndarray  # (E,) a person moving: along the prompts' common direction
+    gap: np.ndarray  # (E,) common offset of every image embedding
+
+
+@dataclass
+class _Timeline:
+    """One video's hidden events, shared by the I3D-like and the CLIP-like streams."""
+
+    phase_cover: np.ndarray  # (T, C, P) instance phases (and distractors' start phase) per snippet
+    context: np.ndarray  # (T, C) class context: instance, decay around it, ambient, distractors
+    motion: np.ndarray  # (T,) generic motion: action snippets and background activity
+    venue_level: float
 
 
 @dataclass
@@ -300,6 +368,50 @@ def _build_world(cfg: SynthConfig) -> _World:
                      .astype(np.float32))
     classes = [f"Action{c:02d}" for c in range(C)]
     return _World(classes, venue, length_log_median, rate, balance, atoms)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _build_clip_world(cfg: SynthConfig, world: _World) -> _ClipWorld:
+    """Text rows ``sqrt(common) g + sqrt(venue) q_venue + sqrt(rest) q_c``; image directions share
+    ``clip_text_alignment`` of their energy with their class's text (the rest is visual only)."""
+    rng = np.random.default_rng([cfg.seed, 4])
+    C, E = cfg.num_classes, cfg.clip_dim
+    num_venues = int(world.venue.max()) + 1
+    common = _dense_atoms(rng, 1, E)[0]
+    venue_text = _dense_atoms(rng, num_venues, E)
+    own = _dense_atoms(rng, C, E)
+    rest = 1.0 - cfg.clip_text_common - cfg.clip_text_venue
+    text = _unit(math.sqrt(cfg.clip_text_common) * common + math.sqrt(cfg.clip_text_venue) * venue_text[world.venue]
+                 + math.sqrt(rest) * own)
+    a = cfg.clip_text_alignment
+    appearance = _unit(math.sqrt(a) * text + math.sqrt(1 - a) * _dense_atoms(rng, C, E))
+    scene = _unit(math.sqrt(a) * text + math.sqrt(1 - a) * _dense_atoms(rng, C, E))
+    venue_mean = np.stack([text[world.venue == v].mean(axis=0) for v in range(num_venues)])
+    venue = _unit(math.sqrt(a) * _unit(venue_mean) + math.sqrt(1 - a) * _dense_atoms(rng, num_venues, E))
+    person = _unit(math.sqrt(a) * common + math.sqrt(1 - a) * _dense_atoms(rng, 1, E)[0])
+    gap = _dense_atoms(rng, 1, E)[0]
+    return _ClipWorld(text.astype(np.float32), appearance, scene, venue, person, gap)
+
+
+def _clip_features(world: _World, clip: _ClipWorld, cfg: SynthConfig, plan: _Plan, timeline: _Timeline,
+                   index: int) -> np.ndarray:
+    """(T, clip_dim) float32 image embeddings of one video (see the module docstring)."""
+    rng = np.random.default_rng([cfg.seed, 5, index])
+    T, E = timeline.context.shape[0], cfg.clip_dim
+    venues = np.unique(world.venue[plan.label_idx])
+    out = cfg.clip_gap_strength * np.broadcast_to(clip.gap, (T, E)).astype(np.float64)
+    out += cfg.clip_action_strength * timeline.phase_cover.sum(axis=2) @ clip.appearance
+    out += cfg.clip_context_strength * timeline.context @ clip.scene
+    out += cfg.clip_venue_strength * timeline.venue_level * clip.venue[venues].sum(axis=0)
+    out += cfg.clip_person_strength * timeline.motion[:, None] * clip.person
+    phi = math.exp(-1.0 / seconds_to_snippets(cfg.nuisance_corr_s, cfg.snippets_per_second))
+    drift = _ar1(rng.standard_normal((T, E)).astype(np.float32), phi)
+    out += cfg.clip_nuisance_strength / math.sqrt(E) * drift
+    out += cfg.clip_noise / math.sqrt(E) * rng.standard_normal((T, E))
+    return out.astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------ annotations
@@ -501,18 +613,19 @@ def _coefficients(world: _World, cfg: SynthConfig, plan: _Plan, T: int, rng: np.
         w[:, slices["nuisance"]] = cfg.nuisance_strength[m] * nuisance[:, m]
         w[:, slices["domain"]] = domain[m]
         coefs.append(w)
-    return coefs, labels, phase
+    timeline = _Timeline(phase_cover, context, motion, venue_level)
+    return coefs, labels, phase, timeline
 
 
 def _video_features(world: _World, cfg: SynthConfig, plan: _Plan, index: int, channel_bias: list[np.ndarray]):
     rng = np.random.default_rng([cfg.seed, 2, index])
     T = snippet_count(plan.info.duration, cfg.snippets_per_second)
-    coefs, labels, phase = _coefficients(world, cfg, plan, T, rng)
+    coefs, labels, phase, timeline = _coefficients(world, cfg, plan, T, rng)
     d = cfg.dim // 2
     out = np.empty((T, cfg.dim), dtype=np.float32)
     for m in (_RGB, _FLOW):
         out[:, m * d:(m + 1) * d] = _stream_features(rng, cfg, coefs[m], world.atoms[m], channel_bias[m])
-    return out, labels, phase
+    return out, labels, phase, timeline
 
 
 def _stream_features(rng: np.random.Generator, cfg, coefs: np.ndarray, atoms: np.ndarray,
@@ -544,7 +657,8 @@ def generate(cfg: SynthConfig) -> SyntheticSet:
     d = cfg.dim // 2
     channel_bias = [(cfg.channel_bias_mean + cfg.channel_bias_sd * rng.standard_normal(d)).astype(np.float32)
                     for _ in (_RGB, _FLOW)]
-    videos, ambiguous, features, labels, phases = {}, {}, {}, {}, {}
+    clip_world = _build_clip_world(cfg, world) if cfg.clip_dim else None
+    videos, ambiguous, features, labels, phases, clip = {}, {}, {}, {}, {}, {}
     for i in range(cfg.num_videos):
         subset = "validation" if i < cfg.num_train else "test"
         plan = _plan_video(world, cfg, i, float(durations[i]), subset, int(primary[i]))
@@ -552,10 +666,13 @@ def generate(cfg: SynthConfig) -> SyntheticSet:
         videos[name] = plan.info
         if plan.ambiguous:
             ambiguous[name] = plan.ambiguous
-        features[name], labels[name], phases[name] = _video_features(world, cfg, plan, i, channel_bias)
+        features[name], labels[name], phases[name], timeline = _video_features(world, cfg, plan, i, channel_bias)
+        if clip_world is not None:
+            clip[name] = _clip_features(world, clip_world, cfg, plan, timeline, i)
     annotations = AnnotationSet(list(world.classes), videos, ambiguous, source=f"synthetic(seed={cfg.seed})")
     layout = FeatureLayout.split_evenly(cfg.dim, cfg.snippets_per_second)
-    return SyntheticSet(annotations, features, layout, labels, phases)
+    return SyntheticSet(annotations, features, layout, labels, phases, clip,
+                        clip_world.text if clip_world is not None else None)
 
 
 def write_synthetic(out: str | Path, cfg: SynthConfig, data: SyntheticSet | None = None) -> dict[str, Path]:
@@ -565,13 +682,24 @@ def write_synthetic(out: str | Path, cfg: SynthConfig, data: SyntheticSet | None
 
     data = generate(cfg) if data is None else data
     out = Path(out)
+    streams = {v: data.layout.split(x) for v, x in data.features.items()}
+    if data.clip:  # before the bundle's feature file and the folders' gt.json, which complete each layout
+        split_of = {v.name: ("test" if v.subset == "test" else "train") for v in data.annotations.videos.values()}
+        write_stream_files(out / "wtalc" / CLIP_STREAM, data.clip, split_of)
+        for folder in (out / "wtalc", out / "folders"):
+            _save_array(folder / CLASS_TEXT_FILE, data.class_text)
+        streams = {v: {**x, CLIP_STREAM: data.clip[v]} for v, x in streams.items()}
     wtalc = write_wtalc_bundle(out / "wtalc", BUNDLE_NAME, data.annotations, data.features)
-    folders = write_video_folders(out / "folders", data.annotations,
-                                  {v: data.layout.split(x) for v, x in data.features.items()})
+    folders = write_video_folders(out / "folders", data.annotations, streams)
     return {"wtalc": Path(wtalc), "folders": Path(folders)}
 
 
-def synth_command(out: str, dim: int | None, videos: int | None, seed: int, task: str = "detection") -> int:
+def _save_array(path: Path, arr: np.ndarray) -> None:
+    write_atomic(path, lambda fh: np.save(fh, arr, allow_pickle=False), binary=True)
+
+
+def synth_command(out: str, dim: int | None, videos: int | None, seed: int, task: str = "detection",
+                  clip_dim: int = 0) -> int:
     """``wtal synth``: write the synthetic set and print a summary (``task`` ``grounding``: the sentence-grounding
     set of :mod:`wtal.data.synthetic_grounding`). ``dim`` and ``videos`` default to each task's real size."""
     if task == "grounding":
@@ -588,8 +716,11 @@ def synth_command(out: str, dim: int | None, videos: int | None, seed: int, task
     if videos < 2:
         raise WtalInputError(f"--videos must be >= 2 (at least one train and one test video), got {videos}",
                              fix="use e.g. --videos 412 (THUMOS14 size) or --videos 40")
+    if clip_dim < 0 or clip_dim == 1:
+        raise WtalInputError(f"--clip-dim must be 0 (no CLIP stream) or >= 2, got {clip_dim}",
+                             fix="use e.g. --clip-dim 512 (CLIP ViT-B/16 size)")
     t0 = time.perf_counter()
-    cfg = SynthConfig(num_videos=videos, dim=dim, seed=seed)
+    cfg = SynthConfig(num_videos=videos, dim=dim, seed=seed, clip_dim=clip_dim)
     data = generate(cfg)
     t_gen = time.perf_counter() - t0
     paths = write_synthetic(out, cfg, data)
@@ -608,5 +739,8 @@ def synth_command(out: str, dim: int | None, videos: int | None, seed: int, task
           f"{sum(len(s) for s in ann.ambiguous.values())} ambiguous segments")
     print(f"  W-TALC bundle: {paths['wtalc']}")
     print(f"  per-video folders: {paths['folders']}")
+    if clip_dim:
+        print(f"  CLIP-like stream: {clip_dim}-d ({CLIP_STREAM}/ in both layouts), class text embeddings "
+              f"{CLASS_TEXT_FILE}")
     print(f"  time: {t_gen:.1f} s generating, {t_all - t_gen:.1f} s writing")
     return 0

@@ -31,9 +31,10 @@ from wtal.atomic import write_atomic, write_text_atomic
 from wtal.data.annotations import AnnotationSet, Instance, VideoInfo
 from wtal.data.streams import (
     CLASS_TEXT_FILE,
+    DEFAULT_MAX_LENGTH_MISMATCH,
     PRIMARY_STREAMS,
+    LengthRule,
     NpyStream,
-    check_same_length,
     ordered_streams,
     read_class_text,
     stream_folders,
@@ -292,10 +293,13 @@ class WtalcSource:
     feature file (an object array, so it cannot be memory-mapped) is loaded once, on first use. Its joint
     columns give two streams: the first half ``rgb``, the second half ``flow``. Extra streams come from
     sibling folders of the feature file, ``STREAM/VIDEO.npy`` (or ``STREAM/{train,test}/VIDEO.npy``), and
-    class-name text embeddings from ``class_text.npy`` beside it.
+    class-name text embeddings from ``class_text.npy`` beside it. Streams of a video that differ by at most
+    ``max_length_mismatch`` snippets are truncated to the shortest (:class:`~wtal.data.streams.LengthRule`).
     """
 
-    def __init__(self, path: str | Path, snippets_per_second: float | None = None):
+    def __init__(self, path: str | Path, snippets_per_second: float | None = None,
+                 max_length_mismatch: int = DEFAULT_MAX_LENGTH_MISMATCH):
+        self.lengths = LengthRule(max_length_mismatch)
         self.feature_path = find_feature_file(path)
         self.path = Path(path)
         self.annotation_folder = find_annotation_folder(self.feature_path)
@@ -353,7 +357,7 @@ class WtalcSource:
         return check_features(raw, path=self.feature_path, video=name, dim=dim)
 
     def features(self, name: str, streams: Sequence[str]) -> dict[str, np.ndarray]:
-        """``{stream: (T, D_stream) float32}`` of video ``name``, checked (finite, same ``T``).
+        """``{stream: (T, D_stream) float32}`` of video ``name``, checked (finite, same ``T`` after the length rule).
 
         ``rgb`` and ``flow`` are views of the joint array's two halves (no copy)."""
         widths = self.stream_widths()
@@ -367,8 +371,11 @@ class WtalcSource:
             halves = {"rgb": joint[:, :half], "flow": joint[:, half:]}
         for s in streams:
             out[s] = halves[s] if s in PRIMARY_STREAMS else self._extra[s].load(name, widths[s])
-        check_same_length(name, out, self.feature_path)
-        return out
+        return self.lengths.apply(name, out, self.feature_path)
+
+    @property
+    def class_text_path(self) -> Path:
+        return self.feature_path.parent / CLASS_TEXT_FILE
 
     def class_text(self) -> np.ndarray | None:
-        return read_class_text(self.feature_path.parent / CLASS_TEXT_FILE, self.annotations.classes)
+        return read_class_text(self.class_text_path, self.annotations.classes)

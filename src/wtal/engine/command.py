@@ -78,16 +78,18 @@ def _run_config(run_dir: Path, config: str, data: str, epochs: int | None, seed:
 
 
 def predict_command(run: str, out: str, split: str = "test", cas: str | None = None, device: str | None = None,
-                    data: str | None = None) -> int:
+                    data: str | None = None, teacher_weight: float | None = None) -> int:
     from wtal.engine.predict import load_run, predict_split
 
     setup_logging(None)
     log = get_logger()
-    loaded = load_run(run, resolve_device(device), data_path=data)
+    loaded = load_run(run, resolve_device(device), data_path=data, teacher_weight=teacher_weight)
     result = predict_split(loaded, split)
     path = result.write_predictions(out)
-    log.info("predictions of %d %s samples (%s, %s) -> %s", len(loaded.data.split(split)), split,
-             "+".join(loaded.cfg.model.streams), loaded.checkpoint.name, path)
+    log.info("predictions of %d %s samples (%s%s, %s) -> %s", len(loaded.data.split(split)), split,
+             "+".join(loaded.cfg.model.streams),
+             f" fused with the teacher, weight {teacher_weight:g}" if teacher_weight is not None else "",
+             loaded.checkpoint.name, path)
     if cas is not None:
         if not hasattr(result, "write_cas"):
             raise WtalInputError(f"--cas: the {loaded.task.name} task has no class activation sequences",

@@ -6,7 +6,7 @@ Sections::
     task:        detection                        # what the run learns (wtal.tasks): detection | grounding
     model:       {name, streams: [rgb, flow], params: {...}}   # -> wtal.models.build_model(name, context, **params)
     data:        {path, val_fraction, val_seed, batch_size, eval_batch_size, max_batch_snippets,
-                  cache, train_subset, test_subset}
+                  cache, max_length_mismatch, train_subset, test_subset}
     optim:       {name, lr, betas, weight_decay, grad_clip, batch_reduction,
                   schedule: {type: constant|step, milestones, factors, warmup_epochs}}
     train:       {epochs, eval_every, seed, select: val|last|test, deterministic, tensorboard, progress,
@@ -181,6 +181,9 @@ class DataConfig:
     # CPU (wtal.engine.rundata.default_max_snippets). Never changes a step's videos or its summed gradient.
     max_batch_snippets: int | None = in_range(None, COUNT)
     cache: bool = True  # keep features in memory after the first read
+    # streams of a video that differ by at most this many snippets are cut to the shortest (logged); more is
+    # an error (wtal.data.streams.DEFAULT_MAX_LENGTH_MISMATCH says why 2)
+    max_length_mismatch: int = in_range(2, INDEX)
     train_subset: str | None = None  # None: wtal.data.split_subsets decides
     test_subset: str | None = None
 

@@ -10,6 +10,13 @@ A plug-in is any object with these methods:
   semantics); ``teacher_out`` is the jointly trained teacher's output on the same batch, if the run has one.
 - ``state_dict() -> dict`` / ``load_state_dict(state)``: saved in and restored from checkpoints (plain
   tensors and containers only). Other modules read a plug-in's state only through the plug-in.
+- ``frozen_roles(epoch) -> frozenset[str]`` (optional): which of ``"model"`` (the run's model) and
+  ``"teacher"`` (a jointly trained teacher) do not learn in epoch ``epoch``. The trainer runs a frozen one
+  in eval mode under ``torch.no_grad()`` (no dropout, no state update such as RSKP's memory, no gradient,
+  so the optimiser leaves its weights and moments alone: Adam skips parameters without a gradient) and
+  adds none of its losses; plug-ins still receive its output (``out`` / ``teacher_out``) to label from.
+  ``on_epoch_end`` still runs for both. The run freezes the union over its plug-ins; freezing everything
+  that trains is an error. Alternate training (``vlp_alternate``) freezes one branch per step.
 
 The run's plug-ins are ``cfg.pseudo`` (the GauFuse shorthand) followed by ``cfg.plugins``, each a mapping
 ``{name: ..., <params>}``. Names map to ``"module:factory"`` strings below, imported only when used; a
@@ -30,7 +37,9 @@ from wtal.importing import resolve
 
 PLUGIN_FACTORIES: dict[str, str] = {
     "gaufuse": "wtal.pseudo.plugin:build_gaufuse_plugin",
+    "vlp_alternate": "wtal.pseudo.alternate:build_alternate_plugin",
 }
+ROLES = ("model", "teacher")
 
 
 @runtime_checkable
@@ -76,6 +85,26 @@ def build_plugins(specs: list[dict[str, Any]] | dict[str, Any] | None, context: 
         params = {k: v for k, v in item.items() if k != "name"}
         plugins.append(_factory(item["name"])(context, **params))
     return plugins
+
+
+def frozen_roles(plugins: Iterable[Any], epoch: int, *, has_joint_teacher: bool) -> frozenset[str]:
+    """The roles the plug-ins freeze in epoch ``epoch`` (see the module docstring), checked."""
+    roles: set[str] = set()
+    for plugin in plugins:
+        hook = getattr(plugin, "frozen_roles", None)
+        if hook is not None:
+            roles |= set(hook(epoch))
+    unknown = sorted(roles - set(ROLES))
+    if unknown:
+        raise WtalInputError(f"a plug-in froze unknown role(s) {unknown}", fix=f"freeze only {list(ROLES)}")
+    trained = {"model", "teacher"} if has_joint_teacher else {"model"}
+    if "teacher" in roles and not has_joint_teacher:
+        raise WtalInputError("a plug-in froze the teacher but the run has no jointly trained teacher",
+                             fix="add teacher: {model: ...} to the config, or remove the plug-in")
+    if trained <= roles:
+        raise WtalInputError(f"the plug-ins freeze everything that trains in epoch {epoch + 1}",
+                             fix="let at least one of the model and the teacher learn in every epoch")
+    return frozenset(roles)
 
 
 def _factory(name: str) -> Callable[..., TrainerPlugin]:

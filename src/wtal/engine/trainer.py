@@ -45,7 +45,7 @@ from wtal.engine.checkpoint import load_checkpoint, save_checkpoint
 from wtal.engine.config import OptimConfig, RunConfig
 from wtal.engine.distributed import DistContext, resolve_device
 from wtal.engine.logging import MetricsLog, get_logger, progress
-from wtal.engine.plugins import PluginContext, TrainerPlugin, build_plugins
+from wtal.engine.plugins import PluginContext, TrainerPlugin, build_plugins, frozen_roles
 from wtal.engine.runs import build_section_model, data_fingerprint, load_weights, write_fingerprint
 from wtal.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from wtal.engine.teacher import Teacher, build_teacher, teacher_streams
@@ -210,8 +210,9 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Train epoch index ``epoch`` (0-based); the record counts it as epoch ``epoch + 1``."""
         cfg = self.cfg
-        for model in self.trained_models:
-            model.train()
+        frozen = frozen_roles(self.plugins, epoch, has_joint_teacher=self.joint_teacher is not None)
+        for role, model in zip(("model", "teacher"), self.trained_models, strict=False):
+            model.train(role not in frozen)
         for plugin in self.plugins:
             plugin.on_epoch_start(epoch, self.model, self.train_batches)
         sums: dict[str, float] = defaultdict(float)
@@ -222,7 +223,7 @@ class Trainer:
                           desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
         for chunk in chunks:
             for batch in self.micro_batches(self.dist.shard(chunk)):
-                losses = self.batch_losses(batch, epoch)
+                losses = self.batch_losses(batch, epoch, frozen)
                 losses["total"].sum().backward()  # accumulates: the step's gradient is the per-video sum
                 for key, value in losses.items():
                     sums[key] += float(value.detach().sum())
@@ -266,23 +267,26 @@ class Trainer:
         for group in plan_micro_batches([it.length for it in items], self.max_batch_snippets):
             yield train.collate([items[k] for k in group]).to(self.device)
 
-    def batch_losses(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+    def batch_losses(self, batch: Batch, epoch: int, frozen: frozenset[str] = frozenset()
+                     ) -> dict[str, torch.Tensor]:
         """Per-sample ``(B,)`` losses of the model, a jointly trained teacher and the plug-ins; ``total``
-        includes them all."""
-        out = self.model(batch)
-        losses = dict(self.model.losses(out, batch, epoch))
-        total = losses["total"]
+        includes them all. A ``frozen`` role (``"model"``, ``"teacher"``) only runs forward, without gradient
+        and without losses (see :func:`wtal.engine.plugins.frozen_roles`)."""
+        out, losses = _forward(self.model, batch, epoch, frozen="model" in frozen)
+        terms = [losses["total"]] if losses else []
         teacher_out = None
         if self.joint_teacher is not None:
-            teacher_out = self.joint_teacher(batch)
-            teacher_losses = self.joint_teacher.losses(teacher_out, batch, epoch)
+            teacher_out, teacher_losses = _forward(self.joint_teacher, batch, epoch, frozen="teacher" in frozen)
             losses.update({f"teacher/{k}": v for k, v in teacher_losses.items()})
-            total = total + teacher_losses["total"]
+            terms += [teacher_losses["total"]] if teacher_losses else []
         for i, plugin in enumerate(self.plugins):
             extra = plugin.loss(self.model, out, batch, epoch, teacher_out=teacher_out)
             if extra is not None:
                 losses[f"plugin/{getattr(plugin, 'name', type(plugin).__name__)}{i}"] = extra
-                total = total + extra
+                terms.append(extra)
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
         if not bool(torch.isfinite(total).all()):
             bad = [n for n, ok in zip(batch.names, torch.isfinite(total).tolist(), strict=True) if not ok]
             raise WtalInputError(f"non-finite training loss in epoch {epoch + 1}", video=bad[0],
@@ -385,7 +389,10 @@ class Trainer:
             selected = "last"
             if self.cfg.train.select != "last" and self.run_dir is not None \
                     and (self.checkpoint_dir / "best.pt").is_file():
-                self.model.load_state_dict(load_checkpoint(self.checkpoint_dir / "best.pt")["model"])
+                best = load_checkpoint(self.checkpoint_dir / "best.pt")
+                self.model.load_state_dict(best["model"])
+                if self.joint_teacher is not None:  # the selected state of the whole run, teacher included
+                    self.joint_teacher.load_state_dict(best["teacher"])
                 selected = "best"
             epoch = (self.state.best_epoch if selected == "best" else self.state.epoch - 1) + 1
             test = self.evaluate("test")
@@ -461,6 +468,16 @@ class Trainer:
                                  f"{len(self.plugins)}", path=path, fix="resume with the run's own config")
         for plugin, plugin_state in zip(self.plugins, ckpt["plugins"], strict=True):
             plugin.load_state_dict(plugin_state)
+
+
+def _forward(model: torch.nn.Module, batch: Batch, epoch: int, *, frozen: bool
+             ) -> tuple[Any, dict[str, torch.Tensor]]:
+    """``model``'s output and losses on ``batch``; a frozen model runs without gradient and returns no losses."""
+    if frozen:
+        with torch.no_grad():
+            return model(batch), {}
+    out = model(batch)
+    return out, dict(model.losses(out, batch, epoch))
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, headlines: dict[str, str]) -> str:

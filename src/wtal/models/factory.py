@@ -14,6 +14,7 @@ from wtal.models.mmsd import MMSD
 from wtal.models.recipes import parse_hyperparameters
 from wtal.models.rskp import RSKP
 from wtal.models.stpn import STPN
+from wtal.models.vlp import VLPBranch
 from wtal.models.wum import WUM
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
@@ -24,6 +25,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "facnet": FACNet,
     "mil": MILModel,
     "mmsd": MMSD,
+    "vlp": VLPBranch,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
 

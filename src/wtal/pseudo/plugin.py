@@ -23,6 +23,9 @@ Configured by the run config's ``pseudo`` section, e.g. ``pseudo: {name: gaufuse
 ``localize``               ``{preset, ...}`` overrides of :class:`wtal.localize.LocalizeConfig`
 ``linpro``                 ``{preset, ...}`` overrides of :class:`wtal.pseudo.linpro.LinProConfig`
 ``workers``                processes for post-processing (null: automatic)
+``labels_from``            ``teacher`` (default: the run's teacher when it has one, else the student's own
+                           snapshot) or ``student`` (always the student's snapshot, e.g. when the run's
+                           teacher is another branch trained for something else, as ``vlp_alternate``'s)
 ``normalize``              divide every generation by one run-wide scale fixed at the first
                            generation (its 99th percentile of positive labels), so targets live in
                            about [0, 1] whatever the CAS scale of the base model; Δ keeps its meaning
@@ -90,7 +93,8 @@ PAPER_LOSS_WEIGHT = 10.0
 
 _SCHEDULE_KEYS = tuple(f.name for f in fields(PseudoSchedule))
 _GENERATION_KEYS = ("source", "class_gate", "background_column", "teacher_dropout", "workers")
-_OTHER_KEYS = ("name", "method", "preset", "loss", "localize", "linpro", "normalize", "loss_balance")
+_OTHER_KEYS = ("name", "method", "preset", "loss", "localize", "linpro", "normalize", "loss_balance", "labels_from")
+LABEL_SOURCES = ("teacher", "student")
 
 _PRESET_OPTIONS: dict[str, dict[str, Any]] = {
     "paper": dict(loss="bounded", source="localization", class_gate="labels", background_column=False,
@@ -391,7 +395,11 @@ def _labelled_fraction(labels: dict[str, np.ndarray]) -> float:
 def build_gaufuse_plugin(context: Any, **params: Any) -> GauFusePlugin:
     """Factory for :mod:`wtal.engine.plugins` (``pseudo: {name: gaufuse, ...}``). With a teacher in the run
     (``teacher:``), its scores make the labels instead of the student's snapshot."""
+    labels_from = params.pop("labels_from", "teacher")
+    if labels_from not in LABEL_SOURCES:
+        raise WtalInputError(f"invalid pseudo labels_from {labels_from!r}",
+                             fix=f"use one of {', '.join(LABEL_SOURCES)}")
     cfg = GauFuseConfig.from_dict({"name": "gaufuse", **params}, total_epochs=context.epochs)
-    teacher = getattr(context, "teacher", None)
+    teacher = getattr(context, "teacher", None) if labels_from == "teacher" else None
     return GauFusePlugin(cfg, num_classes=len(context.classes),
                          teacher=teacher.model if teacher is not None else None)

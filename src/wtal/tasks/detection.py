@@ -88,7 +88,7 @@ class DetectionTask:
         path = path if path is not None else cfg.data.path
         if path is None:
             raise WtalInputError("no data path in the config", fix="pass --data DIR")
-        source = open_source(path)
+        source = open_source(path, max_length_mismatch=cfg.data.max_length_mismatch)
         ann = source.annotations
         train_subset, test_subset = split_subsets(ann)
         train_subset = cfg.data.train_subset or train_subset
