@@ -317,6 +317,40 @@ def test_learning_rate_schedules():
     assert [learning_rate(cfg.optim, 0, s, 5) for s in (0, 4, 9, 10, 50)] == [0.2, 1.0, 2.0, 2.0, 2.0]
 
 
+def test_inverse_sqrt_schedule_is_fairseqs_formula():
+    cfg = from_dict({"optim": {"lr": 4e-4, "schedule": {"type": "inverse_sqrt", "warmup_steps": 400,
+                                                          "warmup_init_lr": 1e-7}}})
+
+    def straight(update: int) -> float:  # fairseq: linspace(init, lr, W)[update] in the warm-up, then lr*sqrt(W/n)
+        return 1e-7 + update * (4e-4 - 1e-7) / 400 if update < 400 else 4e-4 * (400 / update) ** 0.5
+
+    steps = [0, 1, 199, 399, 400, 401, 1600, 10_000]
+    rates = [learning_rate(cfg.optim, 7, s, 331.3) for s in steps]  # neither the epoch nor its length matters
+    assert rates == pytest.approx([straight(s) for s in steps], rel=1e-12)
+    assert rates[0] == pytest.approx(1e-7) and rates[4] == pytest.approx(4e-4) and rates[6] == pytest.approx(2e-4)
+    # the width factor scales the peak; the warm-up still starts at warmup_init_lr
+    cfg.optim.width_scaling.reference_dim = 1024
+    assert learning_rate(cfg.optim, 0, 1600, 10, input_dim=256) == pytest.approx(2 * 2e-4)
+    assert learning_rate(cfg.optim, 0, 0, 10, input_dim=256) == pytest.approx(1e-7)
+
+
+@pytest.mark.parametrize("schedule, key", [({"type": "inverse_sqrt"}, "warmup_steps"),
+                                           ({"type": "inverse_sqrt", "warmup_steps": 4, "warmup_epochs": 1},
+                                            "warmup_epochs"),
+                                           ({"type": "constant", "warmup_steps": 4}, "warmup_steps")])
+def test_inverse_sqrt_schedule_keys_are_checked(schedule, key):
+    with pytest.raises(WtalInputError, match=key):
+        from_dict({"optim": {"schedule": schedule}})
+
+
+def test_short_schedule_warmup_is_not_added_to_an_inverse_sqrt_schedule():
+    tree = from_dict({"optim": {"schedule": {"type": "inverse_sqrt", "warmup_steps": 400},
+                                "short_schedule": {"warmup_epochs": 2}}, "train": {"epochs": 30}}).to_dict()
+    out = rescale_epochs(tree, 6)
+    assert out["optim"]["schedule"]["warmup_epochs"] == 0 and out["optim"]["schedule"]["warmup_steps"] == 400
+    from_dict(out)  # still valid
+
+
 # ------------------------------------------------------------------------------- shipped configs by name
 
 

@@ -8,7 +8,8 @@ Sections::
     data:        {path, val_fraction, val_seed, batch_size, eval_batch_size, max_batch_snippets,
                   cache, train_subset, test_subset}
     optim:       {name, lr, betas, weight_decay, grad_clip, batch_reduction,
-                  schedule: {type: constant|step, milestones, factors, warmup_epochs}}
+                  schedule: {type: constant|step|inverse_sqrt, milestones, factors, warmup_epochs,
+                             warmup_steps, warmup_init_lr}}
     train:       {epochs, eval_every, seed, select: val|last|test, deterministic, tensorboard, progress,
                   num_threads, keep_freed_memory}
     eval:        {tiou: [...]}
@@ -93,17 +94,37 @@ RENAMED_KEYS = {"data.modality": "name the streams the model reads instead: mode
                                  "(or [rgb], or [flow])"}
 
 
+SCHEDULE_TYPES = ("constant", "step", "inverse_sqrt")
+
+
 @dataclass
 class ScheduleConfig:
-    type: str = "constant"  # constant | step
+    """``constant``; ``step`` (``factors`` from ``milestones`` on); ``inverse_sqrt`` (fairseq's, as CPL uses it):
+    the rate of optimiser update ``n`` (0-based) rises linearly from ``warmup_init_lr`` to ``optim.lr`` over
+    ``warmup_steps`` updates, ``warmup_init_lr + n (lr - warmup_init_lr) / warmup_steps``, then decays as
+    ``lr * sqrt(warmup_steps / n)``. Its warm-up counts updates, so ``--epochs`` leaves it alone."""
+
+    type: str = "constant"  # constant | step | inverse_sqrt
     milestones: list[int] = in_range([], INDEX)  # epoch indices where the next factor starts
     factors: list[float] = in_range([], NON_NEGATIVE)  # lr multipliers, len(milestones) + 1 for "step"
     warmup_epochs: float = in_range(0.0, NON_NEGATIVE)  # linear lr warm-up over this many epochs (0: none)
+    warmup_steps: int = in_range(0, INDEX)  # inverse_sqrt: optimiser updates of linear warm-up (>= 1)
+    warmup_init_lr: float = in_range(0.0, NON_NEGATIVE)  # inverse_sqrt: the rate of the first update
 
     def validate(self) -> None:
         check_fields(self, "optim.schedule.")
-        if self.type not in ("constant", "step"):
-            raise _bad("optim.schedule.type", self.type, "use 'constant' or 'step'")
+        if self.type not in SCHEDULE_TYPES:
+            raise _bad("optim.schedule.type", self.type, f"use one of {', '.join(SCHEDULE_TYPES)}")
+        if self.type == "inverse_sqrt":
+            if self.warmup_steps < 1:
+                raise _bad("optim.schedule.warmup_steps", self.warmup_steps,
+                           "inverse_sqrt needs warmup_steps >= 1 (CPL: 400 updates)")
+            if self.warmup_epochs:
+                raise _bad("optim.schedule.warmup_epochs", self.warmup_epochs,
+                           "inverse_sqrt has its own warm-up (warmup_steps); set warmup_epochs to 0")
+        elif self.warmup_steps or self.warmup_init_lr:
+            raise _bad("optim.schedule.warmup_steps", self.warmup_steps,
+                       "warmup_steps and warmup_init_lr belong to type inverse_sqrt; use warmup_epochs here")
         if self.type == "step":
             if len(self.factors) != len(self.milestones) + 1:
                 raise _bad("optim.schedule.factors", self.factors,
@@ -618,7 +639,7 @@ def rescale_epochs(tree: dict[str, Any], epochs: int) -> dict[str, Any]:
         if short.get("batch_scaling", "none") == "keep_steps":
             tree["data"]["batch_size"] = max(1, round(int(tree["data"]["batch_size"]) / compression))
         schedule = tree["optim"]["schedule"]
-        if short_warmup and not schedule.get("warmup_epochs"):
+        if short_warmup and not schedule.get("warmup_epochs") and schedule.get("type") != "inverse_sqrt":
             schedule["warmup_epochs"] = float(short_warmup)
     return tree
 
