@@ -17,6 +17,8 @@ Sections::
     teacher:     null | {run: DIR} | {config: FILE}   # a model trained earlier, or one trained jointly
     pseudo:      null | {name: gaufuse, ...}      # the GauFuse plug-in (a one-entry shorthand for plugins)
     plugins:     [{name, ...}, ...]               # trainer plug-ins (see wtal.engine.plugins)
+    grounding:   null | {num_clips, min_word_count, max_vocabulary, max_words, pos_weighting, word_vectors,
+                         missing_features}        # task: grounding, its data side (GroundingConfig)
 
 Keys missing from a file take the dataclass defaults below; the *resolved* config (every key filled in,
 ``extends`` flattened, after ``--epochs`` and ``--set``) is what a run saves as ``RUN/config.yaml``.
@@ -273,6 +275,31 @@ class TeacherConfig:
             self.model.validate("teacher.model")
 
 
+MISSING_FEATURES = ("error", "drop")
+
+
+@dataclass
+class GroundingConfig:
+    """The sentence-grounding task's data side (``task: grounding``; see :mod:`wtal.tasks.grounding`).
+
+    These settings decide what the model is fed (clips, word ids) before any model exists, and the vocabulary
+    is fitted on the training sentences and stored with the run's data facts, so they belong to the data,
+    not to ``model.params``: another grounding model on the same data reads the same samples."""
+
+    num_clips: int | None = in_range(None, COUNT)  # resample every video to this many clips (CPL: 200); null: as is
+    min_word_count: int = in_range(1, COUNT)  # vocabulary: words seen at least this often in training sentences
+    max_vocabulary: int | None = in_range(None, COUNT)  # vocabulary: the most frequent words (CPL: 1111 / 8000)
+    max_words: int = in_range(20, COUNT)  # words kept per sentence (CPL: 20)
+    pos_weighting: bool = True  # content words twice as likely to be masked as function words (CPL)
+    word_vectors: str | None = None  # a MiniLM wheel / model.zip / folder to initialise word vectors (stored absolute)
+    missing_features: str = "error"  # a query whose video has no features: error | drop (counted in the log)
+
+    def validate(self) -> None:
+        check_fields(self, "grounding.")
+        if self.missing_features not in MISSING_FEATURES:
+            raise _bad("grounding.missing_features", self.missing_features, "use 'error' or 'drop'")
+
+
 @dataclass
 class RunConfig:
     task: str = "detection"
@@ -285,6 +312,7 @@ class RunConfig:
     teacher: TeacherConfig | None = None
     pseudo: dict[str, Any] | None = None
     plugins: list[dict[str, Any]] = field(default_factory=list)
+    grounding: GroundingConfig | None = None  # task: grounding (null: its defaults)
 
     def validate(self) -> RunConfig:
         from wtal.models.factory import check_hyperparameters  # lazy: torch and the models
@@ -302,6 +330,10 @@ class RunConfig:
             self.teacher.validate()
             if self.teacher.model is not None:
                 check_hyperparameters(self.teacher.model.name, self.teacher.model.params)
+        if self.grounding is not None:
+            if self.task == "detection":
+                raise _bad("grounding", "{...}", "the grounding section applies to task: grounding; remove it")
+            self.grounding.validate()
         if self.data.val_fraction == 0 and self.train.select == "val":
             raise _bad("train.select", "val", "data.val_fraction is 0: hold out videos or use select: last")
         return self
@@ -581,7 +613,7 @@ def _set_path(tree: dict[str, Any], parts: list[str], value: Any) -> Any:
 
 
 # Optional sections that `--set` may create (filled with their defaults).
-NULLABLE_SECTIONS = {"teacher": TeacherConfig}
+NULLABLE_SECTIONS = {"teacher": TeacherConfig, "grounding": GroundingConfig}
 
 
 def is_epoch_key(key: str) -> bool:
@@ -664,6 +696,8 @@ def resolve_config(path: str | Path, *, overrides: list[str] | tuple[str, ...] =
         cfg.data.path = str(Path(cfg.data.path).resolve())
     if cfg.teacher is not None:
         _resolve_teacher(cfg.teacher, Path(path))
+    if cfg.grounding is not None and cfg.grounding.word_vectors is not None:
+        cfg.grounding.word_vectors = str(Path(cfg.grounding.word_vectors).resolve())
     return cfg.validate()
 
 

@@ -11,7 +11,7 @@ import torch
 from wtal.data.rundata import RunData
 from wtal.engine.config import RunConfig
 from wtal.engine.distributed import resolve_device
-from wtal.engine.runs import load_run_model, read_run_config
+from wtal.engine.runs import learned_facts, load_run_model, read_run_config
 from wtal.tasks.base import Task, TaskResult, build_task
 
 
@@ -27,12 +27,14 @@ class LoadedRun:
 def load_run(run: str | Path, device: torch.device | str | None = None, data_path: str | Path | None = None
              ) -> LoadedRun:
     """The run's model and data. Only the model's own streams are loaded (a student trained with an
-    RGB+flow teacher needs no flow at inference); ``data_path`` replaces the run's data folder."""
+    RGB+flow teacher needs no flow at inference); ``data_path`` replaces the run's data folder. A task that
+    fitted facts on the training data (``RunData.learned``) gets the run's back (``prepare_data(learned=...)``)."""
     run = Path(run)
     cfg = read_run_config(run)
     device = torch.device(device) if device is not None else resolve_device(None)
     task = build_task(cfg.task)
-    data = task.prepare_data(cfg, cfg.model.streams, data_path)
+    learned = learned_facts(run)  # e.g. the run's vocabulary: other data is encoded as the model was trained
+    data = task.prepare_data(cfg, cfg.model.streams, data_path, **({"learned": learned} if learned else {}))
     _, model, checkpoint = load_run_model(run, task, data, device=device)
     return LoadedRun(cfg, task, data, model, checkpoint)
 

@@ -9,6 +9,7 @@ from torch import nn
 from wtal.errors import WtalInputError
 from wtal.models.base import ModelContext
 from wtal.models.basnet import BaSNet
+from wtal.models.cpl import CPLModel
 from wtal.models.facnet import FACNet
 from wtal.models.mil import MILModel
 from wtal.models.recipes import parse_hyperparameters
@@ -23,6 +24,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "wum": WUM,
     "facnet": FACNet,
     "mil": MILModel,
+    "cpl": CPLModel,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
 
@@ -54,11 +56,14 @@ def check_hyperparameters(name: str, params: dict) -> None:
 
 def build_model(name: str, context: ModelContext, **params) -> nn.Module:
     """``model_class(name)(context, **params)``; ``params`` are the model's hyperparameters."""
-    if not context.streams or any(int(w) < 1 for w in context.streams.values()) or context.num_classes < 1:
-        raise WtalInputError(f"model '{name}' needs at least one stream of width >= 1 and one class, got "
-                             f"streams {dict(context.streams)} and {context.num_classes} classes",
-                             fix="check the feature files, model.streams and the class list")
     cls = model_class(name)
+    needs_classes = getattr(cls, "needs_classes", True)  # grounding models read sentences, not classes
+    if not context.streams or any(int(w) < 1 for w in context.streams.values()) or \
+            (needs_classes and context.num_classes < 1):
+        raise WtalInputError(f"model '{name}' needs at least one stream of width >= 1"
+                             f"{' and one class' if needs_classes else ''}, got streams {dict(context.streams)}"
+                             f"{f' and {context.num_classes} classes' if needs_classes else ''}",
+                             fix="check the feature files, model.streams and the class list")
     try:
         return cls(context, **params)
     except TypeError as exc:  # e.g. an unknown keyword of a model without a hyperparameter dataclass
