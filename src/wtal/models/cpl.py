@@ -397,8 +397,8 @@ class CPL(nn.Module):
         ``(B, M)`` (fractions of the video), masked as :meth:`forward` masks: how well a segment explains the
         sentence (e.g. the ground-truth moment against shifted ones, or a student's segments under a teacher)."""
         inputs, _, _ = self._encode(video, video_mask, words, word_mask, word_weights, masked_words, generator)
-        gauss = gaussian_weights(inputs.time, inputs.valid, centers, widths.clamp(min=self.hp.min_width) / self.hp.sigma)
-        return self._reconstruct(inputs, gauss)
+        stds = widths.clamp(min=self.hp.min_width) / self.hp.sigma
+        return self._reconstruct(inputs, gaussian_weights(inputs.time, inputs.valid, centers, stds))
 
     def _encode(self, video: Mapping[str, Tensor], video_mask: Tensor, words: Tensor, word_mask: Tensor,
                 word_weights: Tensor | None, masked_words: Tensor | None,
