@@ -32,21 +32,31 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_complete_or_extend_a_complete_base_and_are_valid(path):
+    from helpers import joint_context
+
+    from wtal.data.text import build_vocabulary
+    from wtal.localize.pipeline import LocalizeConfig
+    from wtal.models.base import ModelContext
+    from wtal.models.factory import build_model
+
     raw = yaml.safe_load(path.read_text())
-    complete = {"model", "data", "optim", "train", "eval", "postprocess", "pseudo"}
+    grounding = raw.get("task") == "grounding" or "cpl" in raw.get("extends", "")
+    complete = ({"task", "model", "grounding", "data", "optim", "train", "eval"} if grounding
+                else {"model", "data", "optim", "train", "eval", "postprocess", "pseudo"})
     if "extends" in raw:  # a method config states its differences from one complete base, no chains
         base = yaml.safe_load((path.parent / raw["extends"]).read_text())
         assert "extends" not in base and complete <= set(base)
     else:
         assert complete <= set(raw), "a config without extends is complete"
     cfg = resolve_config(path)
+    if grounding:  # the model accepts every listed hyper-parameter
+        assert cfg.task == "grounding" and cfg.model.name == "cpl"
+        vocabulary = build_vocabulary(["a person opens the door"])
+        build_model(cfg.model.name, ModelContext({s: 8 for s in cfg.model.streams}, (),
+                                                 extras={"vocabulary": vocabulary}), **cfg.model.params)
+        return
     assert cfg.model.name in ("rskp", "stpn", "basnet", "wum", "facnet", "mil")
     # the model accepts every listed hyper-parameter, and the postprocess section builds a LocalizeConfig
-    from helpers import joint_context
-
-    from wtal.localize.pipeline import LocalizeConfig
-    from wtal.models.factory import build_model
-
     build_model(cfg.model.name, joint_context(32, 4), **cfg.model.params)
     LocalizeConfig.from_section(cfg.postprocess)
 

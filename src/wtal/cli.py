@@ -147,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "sentence-grounding run")
     s.add_argument("--run", required=True, help="run folder written by wtal train")
     s.add_argument("--video", default=None,
-                   help="video name (of the run's train, validation or test split); for action localization")
+                   help="video name (of the run's train, validation or test split); for action localization "
+                        "(default: none; give --video or --query)")
     s.add_argument("--query", type=int, default=None,
-                   help="query id (its position in its annotation file); for sentence grounding")
+                   help="query id (its position in its annotation file); for sentence grounding (default: none)")
     s.add_argument("--split", default=None, help="with --query: train, val or test (default: test)")
     s.add_argument("--out", default=None,
                    help="PNG to write (default: RUN/plots/VIDEO.png, or RUN/plots/SPLIT_queryID.png)")

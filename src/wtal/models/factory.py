@@ -17,16 +17,20 @@ from wtal.models.rskp import RSKP
 from wtal.models.stpn import STPN
 from wtal.models.wum import WUM
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
+DETECTION_MODELS: dict[str, type[nn.Module]] = {  # action localization (wtal.models.base.WtalModel)
     "rskp": RSKP,
     "stpn": STPN,
     "basnet": BaSNet,
     "wum": WUM,
     "facnet": FACNet,
     "mil": MILModel,
+}
+GROUNDING_MODELS: dict[str, type[nn.Module]] = {  # sentence grounding (wtal.tasks.grounding)
     "cpl": CPLModel,
 }
+MODEL_CLASSES: dict[str, type[nn.Module]] = {**DETECTION_MODELS, **GROUNDING_MODELS}
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
+DETECTION_MODEL_NAMES: tuple[str, ...] = tuple(DETECTION_MODELS)
 
 
 def model_class(name: str) -> type[nn.Module]:
