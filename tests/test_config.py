@@ -61,6 +61,16 @@ def test_shipped_configs_are_complete_or_extend_a_complete_base_and_are_valid(pa
     LocalizeConfig.from_section(cfg.postprocess)
 
 
+def test_the_cpu_cpl_config_is_cpl_charades_under_its_short_schedule_rule():
+    small = resolve_config(CONFIGS / "cpl_synth.yaml").to_dict()
+    rule = resolve_config(CONFIGS / "cpl_charades.yaml", epochs=10, overrides=[
+        "model.streams=[rgb,flow]", "grounding.num_clips=null", "model.params.hidden_dim=64",
+        "model.params.ffn_dim=128", "model.params.proposal_stride=1", "train.num_threads=1"]).to_dict()
+    assert small == rule
+    assert small["data"]["batch_size"] == 11 and small["model"]["params"]["curriculum_epochs"] == 10
+    assert small["optim"]["schedule"]["warmup_steps"] == 400  # updates: not an epoch key
+
+
 def test_gaufuse_configs_differ_from_their_base_only_in_pseudo_labels_and_test_fusion():
     for name in ("rskp", "stpn", "basnet", "wum", "facnet"):
         plain = resolve_config(CONFIGS / f"{name}.yaml").to_dict()
