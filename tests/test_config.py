@@ -20,7 +20,7 @@ from wtal.engine.config import (
 )
 from wtal.engine.trainer import learning_rate
 from wtal.errors import WtalInputError
-from wtal.models.factory import MODEL_NAMES
+from wtal.models.factory import DETECTION_MODEL_NAMES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -33,23 +33,43 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_complete_or_extend_a_complete_base_and_are_valid(path):
+    from helpers import joint_context
+
+    from wtal.data.text import build_vocabulary
+    from wtal.localize.pipeline import LocalizeConfig
+    from wtal.models.base import ModelContext
+    from wtal.models.factory import build_model
+
     raw = yaml.safe_load(path.read_text())
-    complete = {"model", "data", "optim", "train", "eval", "postprocess", "pseudo"}
+    grounding = raw.get("task") == "grounding" or "cpl" in raw.get("extends", "")
+    complete = ({"task", "model", "grounding", "data", "optim", "train", "eval"} if grounding
+                else {"model", "data", "optim", "train", "eval", "postprocess", "pseudo"})
     if "extends" in raw:  # a method config states its differences from one complete base, no chains
         base = yaml.safe_load((path.parent / raw["extends"]).read_text())
         assert "extends" not in base and complete <= set(base)
     else:
         assert complete <= set(raw), "a config without extends is complete"
     cfg = resolve_config(path)
-    assert cfg.model.name in MODEL_NAMES
+    if grounding:  # the model accepts every listed hyper-parameter
+        assert cfg.task == "grounding" and cfg.model.name == "cpl"
+        vocabulary = build_vocabulary(["a person opens the door"])
+        build_model(cfg.model.name, ModelContext({s: 8 for s in cfg.model.streams}, (),
+                                                 extras={"vocabulary": vocabulary}), **cfg.model.params)
+        return
+    assert cfg.model.name in DETECTION_MODEL_NAMES
     # the model accepts every listed hyper-parameter, and the postprocess section builds a LocalizeConfig
-    from helpers import joint_context
-
-    from wtal.localize.pipeline import LocalizeConfig
-    from wtal.models.factory import build_model
-
     build_model(cfg.model.name, joint_context(32, 4), **cfg.model.params)
     LocalizeConfig.from_section(cfg.postprocess)
+
+
+def test_the_cpu_cpl_config_is_cpl_charades_under_its_short_schedule_rule():
+    small = resolve_config(CONFIGS / "cpl_synth.yaml").to_dict()
+    rule = resolve_config(CONFIGS / "cpl_charades.yaml", epochs=10, overrides=[
+        "model.streams=[rgb,flow]", "grounding.num_clips=null", "model.params.hidden_dim=64",
+        "model.params.ffn_dim=128", "model.params.proposal_stride=1", "train.num_threads=1"]).to_dict()
+    assert small == rule
+    assert small["data"]["batch_size"] == 11 and small["model"]["params"]["curriculum_epochs"] == 10
+    assert small["optim"]["schedule"]["warmup_steps"] == 400  # updates: not an epoch key
 
 
 def test_gaufuse_configs_differ_from_their_base_only_in_pseudo_labels_and_test_fusion():
@@ -316,6 +336,40 @@ def test_learning_rate_schedules():
     cfg = from_dict({"optim": {"lr": 2.0, "schedule": {"warmup_epochs": 2}}})
     # 2 epochs of 5 steps: linear ramp over 10 steps, then constant
     assert [learning_rate(cfg.optim, 0, s, 5) for s in (0, 4, 9, 10, 50)] == [0.2, 1.0, 2.0, 2.0, 2.0]
+
+
+def test_inverse_sqrt_schedule_is_fairseqs_formula():
+    cfg = from_dict({"optim": {"lr": 4e-4, "schedule": {"type": "inverse_sqrt", "warmup_steps": 400,
+                                                          "warmup_init_lr": 1e-7}}})
+
+    def straight(update: int) -> float:  # fairseq: linspace(init, lr, W)[update] in the warm-up, then lr*sqrt(W/n)
+        return 1e-7 + update * (4e-4 - 1e-7) / 400 if update < 400 else 4e-4 * (400 / update) ** 0.5
+
+    steps = [0, 1, 199, 399, 400, 401, 1600, 10_000]
+    rates = [learning_rate(cfg.optim, 7, s, 331.3) for s in steps]  # neither the epoch nor its length matters
+    assert rates == pytest.approx([straight(s) for s in steps], rel=1e-12)
+    assert rates[0] == pytest.approx(1e-7) and rates[4] == pytest.approx(4e-4) and rates[6] == pytest.approx(2e-4)
+    # the width factor scales the peak; the warm-up still starts at warmup_init_lr
+    cfg.optim.width_scaling.reference_dim = 1024
+    assert learning_rate(cfg.optim, 0, 1600, 10, input_dim=256) == pytest.approx(2 * 2e-4)
+    assert learning_rate(cfg.optim, 0, 0, 10, input_dim=256) == pytest.approx(1e-7)
+
+
+@pytest.mark.parametrize("schedule, key", [({"type": "inverse_sqrt"}, "warmup_steps"),
+                                           ({"type": "inverse_sqrt", "warmup_steps": 4, "warmup_epochs": 1},
+                                            "warmup_epochs"),
+                                           ({"type": "constant", "warmup_steps": 4}, "warmup_steps")])
+def test_inverse_sqrt_schedule_keys_are_checked(schedule, key):
+    with pytest.raises(WtalInputError, match=key):
+        from_dict({"optim": {"schedule": schedule}})
+
+
+def test_short_schedule_warmup_is_not_added_to_an_inverse_sqrt_schedule():
+    tree = from_dict({"optim": {"schedule": {"type": "inverse_sqrt", "warmup_steps": 400},
+                                "short_schedule": {"warmup_epochs": 2}}, "train": {"epochs": 30}}).to_dict()
+    out = rescale_epochs(tree, 6)
+    assert out["optim"]["schedule"]["warmup_epochs"] == 0 and out["optim"]["schedule"]["warmup_steps"] == 400
+    from_dict(out)  # still valid
 
 
 # ------------------------------------------------------------------------------- shipped configs by name

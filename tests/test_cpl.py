@@ -15,13 +15,16 @@ from wtal.evaluation.grounding import segment_iou
 from wtal.models.cpl import (
     CPL,
     CPLHyperparameters,
+    CPLOutput,
     _Attention,
     curriculum_factor,
     draw_masked_words,
     gaussian_weights,
     negative_gaussians,
+    proposal_distribution,
     query_generators,
     rank_proposals,
+    snippet_activation,
     subsample_positions,
 )
 
@@ -65,6 +68,41 @@ def test_padded_batch_equals_one_sample_at_a_time():
             p = int(one.position_mask.sum())
             torch.testing.assert_close(out.gauss[b: b + 1, :, :p], one.gauss, rtol=1e-4, atol=1e-4)
             assert not out.gauss[b, :, p:].any()
+
+
+def test_negatives_left_to_the_losses_equal_negatives_in_forward_and_segment_nll_scores_proposals():
+    torch.manual_seed(4)
+    model = CPL({"rgb": 5, "flow": 3}, 12, CPLHyperparameters(**TINY, dropout=0.0, proposal_stride=2)).train()
+    video, video_mask, words, word_mask, masked = _batch([9, 21, 14], [3, 6, 2])
+    now = model(video, video_mask, words, word_mask, masked_words=masked, epoch=4)
+    later = model(video, video_mask, words, word_mask, masked_words=masked, epoch=None)
+    assert later.negative_nll is None
+    for key, value in model.losses(now).items():
+        torch.testing.assert_close(model.losses(later, epoch=4)[key], value)
+    with pytest.raises(ValueError, match="epoch"):
+        model.losses(model(video, video_mask, words, word_mask, masked_words=masked, epoch=None))
+    # scoring the model's own proposals gives their reconstruction losses
+    nll = model.segment_nll(video, video_mask, words, word_mask, now.centers, now.widths, masked_words=masked)
+    torch.testing.assert_close(nll, now.proposal_nll, rtol=1e-5, atol=1e-5)
+
+
+def test_proposal_distribution_and_snippet_activation_match_their_definitions():
+    hp = CPLHyperparameters(num_proposals=2, sigma=4.0, min_width=0.05)
+    out = CPLOutput(centers=torch.tensor([[0.25, 0.75]]), widths=torch.tensor([[0.4, 0.01]]),
+                    gauss=torch.zeros(1, 2, 1), position_mask=torch.ones(1, 1, dtype=torch.bool),
+                    proposal_nll=torch.tensor([[1.0, 2.0]]), reference_nll=None, negative_nll=None)
+    p = proposal_distribution(out, temperature=0.5)
+    expected_p = np.exp([-2.0, -4.0]) / np.exp([-2.0, -4.0]).sum()
+    np.testing.assert_allclose(p[0].numpy(), expected_p, rtol=1e-6)
+    act = snippet_activation(out, torch.tensor([4]), hp, temperature=0.5)[0].numpy()
+    t = (np.arange(4) + 0.5) / 4  # snippet centres
+    g = [np.exp(-((t - c) ** 2) / (2 * (w / 4.0) ** 2)) for c, w in ((0.25, 0.4), (0.75, 0.05))]  # width >= min
+    np.testing.assert_allclose(act, expected_p[0] * g[0] + expected_p[1] * g[1], rtol=1e-5)
+    two = CPLOutput(out.centers.repeat(2, 1), out.widths.repeat(2, 1), out.gauss.repeat(2, 1, 1),
+                    out.position_mask.repeat(2, 1), out.proposal_nll.repeat(2, 1), None, None)
+    padded = snippet_activation(two, torch.tensor([4, 2]), hp, 0.5)  # a second, shorter video
+    np.testing.assert_allclose(padded[0].numpy(), act, rtol=1e-6)
+    assert padded[1, 2:].abs().sum() == 0 and padded[1, :2].min() > 0
 
 
 def test_gradients_reach_every_parameter():
@@ -173,6 +211,10 @@ def test_from_params_rejects_unknown_names_and_checks_vectors():
     assert frozen.words.embedding_dim == 6 and not frozen.words.weight.requires_grad
     with pytest.raises(ValueError, match="rows for a vocabulary"):
         CPL({"rgb": 4}, 8, word_vectors=vectors)
+    for bad in ({"hidden_dim": 30, "num_heads": 4}, {"eval_masking": "random"}, {"dropout": 1.0},
+                {"num_proposals": 0}):
+        with pytest.raises(WtalInputError):
+            CPL.from_params({"rgb": 4}, 7, bad)
 
 
 def _concept_set(n, seed, t=16, d=8, concepts=6):

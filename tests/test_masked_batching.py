@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import SMALL_MODELS, as_double, collate_joint, fill_label_store, model_context
 
-from wtal.models import MODEL_NAMES, build_model
+from wtal.models import DETECTION_MODEL_NAMES, build_model
 
 DIM, CLASSES = 32, 4
 LENGTHS = (5, 23, 40)
@@ -74,12 +74,12 @@ def _compare(name: str, params: dict, train: bool, epoch: int):
     return start, after_batch, items
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", DETECTION_MODEL_NAMES)
 def test_padded_batch_equals_single_videos_train_mode_without_dropout(name):
     _compare(name, NO_DROPOUT[name], train=True, epoch=150)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", DETECTION_MODEL_NAMES)
 def test_padded_batch_equals_single_videos_eval_mode(name):
     _compare(name, {}, train=False, epoch=150)
 

@@ -11,7 +11,7 @@ from helpers import SMALL_MODELS, as_double, collate_joint, fill_label_store, jo
 
 from wtal.data.batch import Batch
 from wtal.errors import WtalInputError
-from wtal.models import MODEL_NAMES, WtalModel, build_model
+from wtal.models import DETECTION_MODEL_NAMES, MODEL_NAMES, WtalModel, build_model
 from wtal.models.losses import (
     attention_contrast,
     binary_cross_entropy,
@@ -259,7 +259,7 @@ def test_rskp_test_recipe_and_distillation_weights():
 
 
 # ------------------------------------------------------------------------------- contracts of every model
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", DETECTION_MODEL_NAMES)
 def test_output_shapes_and_ranges(name):
     model = _model(name).eval()
     assert isinstance(model, WtalModel)
@@ -283,7 +283,7 @@ def test_output_shapes_and_ranges(name):
     assert sum(w for w, _ in model.distill_logits(out)) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", DETECTION_MODEL_NAMES)
 def test_gradients_reach_every_parameter(name):
     model = _model(name).train()
     if name == "rskp":
@@ -300,7 +300,7 @@ def test_gradients_reach_every_parameter(name):
         assert param.grad.abs().sum() > 0, pname
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", DETECTION_MODEL_NAMES)
 @pytest.mark.parametrize("case", ["T=1", "zeros"])
 def test_no_nan_for_single_snippet_and_all_zero_features(name, case):
     model = _model(name).train()

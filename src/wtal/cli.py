@@ -165,10 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.set_defaults(_target="wtal.engine.command:predict_command")
 
-    s = command("plot", "timeline plot of one video of a run")
+    s = command("plot", "timeline plot of one video of an action-localization run, or of one query of a "
+                        "sentence-grounding run")
     s.add_argument("--run", required=True, help="run folder written by wtal train")
-    s.add_argument("--video", required=True, help="video name (of the run's train, validation or test split)")
-    s.add_argument("--out", default=None, help="PNG to write (default: RUN/plots/VIDEO.png)")
+    s.add_argument("--video", default=None,
+                   help="video name (of the run's train, validation or test split); for action localization "
+                        "(default: none; give --video or --query)")
+    s.add_argument("--query", type=int, default=None,
+                   help="query id (its position in its annotation file); for sentence grounding (default: none)")
+    s.add_argument("--split", default=None, help="with --query: train, val or test (default: test)")
+    s.add_argument("--out", default=None,
+                   help="PNG to write (default: RUN/plots/VIDEO.png, or RUN/plots/SPLIT_queryID.png)")
     s.add_argument("--data", default=None, help="the run's data folder, if it moved (default: the run's data)")
     s.set_defaults(_target="wtal.viz.command:plot_command")
 

@@ -31,6 +31,10 @@ class RunData:
     source: Any = None  # the feature source (detection: a FeatureSource)
     class_text: np.ndarray | None = None  # (C, E) class-name text embeddings, when the data has them
     extras: dict[str, Any] = field(default_factory=dict)  # task-specific facts (a grounding vocabulary, ...)
+    # JSON-able facts fitted on the training data that a trained model depends on (a grounding vocabulary):
+    # stored in RUN/data.json and handed back to the task's prepare_data(learned=...) when the run is loaded,
+    # so that prediction on other data encodes its inputs as the model was trained.
+    learned: dict[str, Any] = field(default_factory=dict)
 
     @property
     def annotations(self) -> AnnotationSet:

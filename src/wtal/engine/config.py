@@ -8,7 +8,8 @@ Sections::
     data:        {path, val_fraction, val_seed, batch_size, eval_batch_size, max_batch_snippets,
                   cache, max_length_mismatch, train_subset, test_subset}
     optim:       {name, lr, betas, weight_decay, grad_clip, batch_reduction,
-                  schedule: {type: constant|step, milestones, factors, warmup_epochs}}
+                  schedule: {type: constant|step|inverse_sqrt, milestones, factors, warmup_epochs,
+                             warmup_steps, warmup_init_lr}}
     train:       {epochs, eval_every, seed, select: val|last|test, deterministic, tensorboard, progress,
                   num_threads, keep_freed_memory}
     eval:        {tiou: [...]}
@@ -16,6 +17,8 @@ Sections::
     teacher:     null | {run: DIR} | {config: FILE}   # a model trained earlier, or one trained jointly
     pseudo:      null | {name: gaufuse, ...}      # the GauFuse plug-in (a one-entry shorthand for plugins)
     plugins:     [{name, ...}, ...]               # trainer plug-ins (see wtal.engine.plugins)
+    grounding:   null | {num_clips, min_word_count, max_vocabulary, max_words, pos_weighting, word_vectors,
+                         missing_features}        # task: grounding, its data side (GroundingConfig)
 
 Keys missing from a file take the dataclass defaults below; the *resolved* config (every key filled in,
 ``extends`` flattened, after ``--epochs`` and ``--set``) is what a run saves as ``RUN/config.yaml``.
@@ -93,17 +96,37 @@ RENAMED_KEYS = {"data.modality": "name the streams the model reads instead: mode
                                  "(or [rgb], or [flow])"}
 
 
+SCHEDULE_TYPES = ("constant", "step", "inverse_sqrt")
+
+
 @dataclass
 class ScheduleConfig:
-    type: str = "constant"  # constant | step
+    """``constant``; ``step`` (``factors`` from ``milestones`` on); ``inverse_sqrt`` (fairseq's, as CPL uses it):
+    the rate of optimiser update ``n`` (0-based) rises linearly from ``warmup_init_lr`` to ``optim.lr`` over
+    ``warmup_steps`` updates, ``warmup_init_lr + n (lr - warmup_init_lr) / warmup_steps``, then decays as
+    ``lr * sqrt(warmup_steps / n)``. Its warm-up counts updates, so ``--epochs`` leaves it alone."""
+
+    type: str = "constant"  # constant | step | inverse_sqrt
     milestones: list[int] = in_range([], INDEX)  # epoch indices where the next factor starts
     factors: list[float] = in_range([], NON_NEGATIVE)  # lr multipliers, len(milestones) + 1 for "step"
     warmup_epochs: float = in_range(0.0, NON_NEGATIVE)  # linear lr warm-up over this many epochs (0: none)
+    warmup_steps: int = in_range(0, INDEX)  # inverse_sqrt: optimiser updates of linear warm-up (>= 1)
+    warmup_init_lr: float = in_range(0.0, NON_NEGATIVE)  # inverse_sqrt: the rate of the first update
 
     def validate(self) -> None:
         check_fields(self, "optim.schedule.")
-        if self.type not in ("constant", "step"):
-            raise _bad("optim.schedule.type", self.type, "use 'constant' or 'step'")
+        if self.type not in SCHEDULE_TYPES:
+            raise _bad("optim.schedule.type", self.type, f"use one of {', '.join(SCHEDULE_TYPES)}")
+        if self.type == "inverse_sqrt":
+            if self.warmup_steps < 1:
+                raise _bad("optim.schedule.warmup_steps", self.warmup_steps,
+                           "inverse_sqrt needs warmup_steps >= 1 (CPL: 400 updates)")
+            if self.warmup_epochs:
+                raise _bad("optim.schedule.warmup_epochs", self.warmup_epochs,
+                           "inverse_sqrt has its own warm-up (warmup_steps); set warmup_epochs to 0")
+        elif self.warmup_steps or self.warmup_init_lr:
+            raise _bad("optim.schedule.warmup_steps", self.warmup_steps,
+                       "warmup_steps and warmup_init_lr belong to type inverse_sqrt; use warmup_epochs here")
         if self.type == "step":
             if len(self.factors) != len(self.milestones) + 1:
                 raise _bad("optim.schedule.factors", self.factors,
@@ -255,6 +278,31 @@ class TeacherConfig:
             self.model.validate("teacher.model")
 
 
+MISSING_FEATURES = ("error", "drop")
+
+
+@dataclass
+class GroundingConfig:
+    """The sentence-grounding task's data side (``task: grounding``; see :mod:`wtal.tasks.grounding`).
+
+    These settings decide what the model is fed (clips, word ids) before any model exists, and the vocabulary
+    is fitted on the training sentences and stored with the run's data facts, so they belong to the data,
+    not to ``model.params``: another grounding model on the same data reads the same samples."""
+
+    num_clips: int | None = in_range(None, COUNT)  # resample every video to this many clips (CPL: 200); null: as is
+    min_word_count: int = in_range(1, COUNT)  # vocabulary: words seen at least this often in training sentences
+    max_vocabulary: int | None = in_range(None, COUNT)  # vocabulary: the most frequent words (CPL: 1111 / 8000)
+    max_words: int = in_range(20, COUNT)  # words kept per sentence (CPL: 20)
+    pos_weighting: bool = True  # content words twice as likely to be masked as function words (CPL)
+    word_vectors: str | None = None  # a MiniLM wheel / model.zip / folder to initialise word vectors (stored absolute)
+    missing_features: str = "error"  # a query whose video has no features: error | drop (counted in the log)
+
+    def validate(self) -> None:
+        check_fields(self, "grounding.")
+        if self.missing_features not in MISSING_FEATURES:
+            raise _bad("grounding.missing_features", self.missing_features, "use 'error' or 'drop'")
+
+
 @dataclass
 class RunConfig:
     task: str = "detection"
@@ -267,6 +315,7 @@ class RunConfig:
     teacher: TeacherConfig | None = None
     pseudo: dict[str, Any] | None = None
     plugins: list[dict[str, Any]] = field(default_factory=list)
+    grounding: GroundingConfig | None = None  # task: grounding (null: its defaults)
 
     def validate(self) -> RunConfig:
         from wtal.models.factory import check_hyperparameters  # lazy: torch and the models
@@ -284,6 +333,10 @@ class RunConfig:
             self.teacher.validate()
             if self.teacher.model is not None:
                 check_hyperparameters(self.teacher.model.name, self.teacher.model.params)
+        if self.grounding is not None:
+            if self.task == "detection":
+                raise _bad("grounding", "{...}", "the grounding section applies to task: grounding; remove it")
+            self.grounding.validate()
         if self.data.val_fraction == 0 and self.train.select == "val":
             raise _bad("train.select", "val", "data.val_fraction is 0: hold out videos or use select: last")
         return self
@@ -563,7 +616,7 @@ def _set_path(tree: dict[str, Any], parts: list[str], value: Any) -> Any:
 
 
 # Optional sections that `--set` may create (filled with their defaults).
-NULLABLE_SECTIONS = {"teacher": TeacherConfig}
+NULLABLE_SECTIONS = {"teacher": TeacherConfig, "grounding": GroundingConfig}
 
 
 def is_epoch_key(key: str) -> bool:
@@ -621,7 +674,7 @@ def rescale_epochs(tree: dict[str, Any], epochs: int) -> dict[str, Any]:
         if short.get("batch_scaling", "none") == "keep_steps":
             tree["data"]["batch_size"] = max(1, round(int(tree["data"]["batch_size"]) / compression))
         schedule = tree["optim"]["schedule"]
-        if short_warmup and not schedule.get("warmup_epochs"):
+        if short_warmup and not schedule.get("warmup_epochs") and schedule.get("type") != "inverse_sqrt":
             schedule["warmup_epochs"] = float(short_warmup)
     return tree
 
@@ -646,6 +699,8 @@ def resolve_config(path: str | Path, *, overrides: list[str] | tuple[str, ...] =
         cfg.data.path = str(Path(cfg.data.path).resolve())
     if cfg.teacher is not None:
         _resolve_teacher(cfg.teacher, Path(path))
+    if cfg.grounding is not None and cfg.grounding.word_vectors is not None:
+        cfg.grounding.word_vectors = str(Path(cfg.grounding.word_vectors).resolve())
     return cfg.validate()
 
 

@@ -12,7 +12,7 @@ from wtal.data.rundata import RunData
 from wtal.engine.checkpoint import load_checkpoint
 from wtal.engine.config import RunConfig
 from wtal.engine.distributed import resolve_device
-from wtal.engine.runs import build_section_model, load_run_model, load_weights, read_run_config
+from wtal.engine.runs import build_section_model, learned_facts, load_run_model, load_weights, read_run_config
 from wtal.engine.teacher import teacher_streams
 from wtal.errors import WtalInputError
 from wtal.models.fused import FusedModel
@@ -31,7 +31,8 @@ class LoadedRun:
 def load_run(run: str | Path, device: torch.device | str | None = None, data_path: str | Path | None = None,
              teacher_weight: float | None = None) -> LoadedRun:
     """The run's model and data. Only the model's own streams are loaded (a student trained with an
-    RGB+flow teacher needs no flow at inference); ``data_path`` replaces the run's data folder.
+    RGB+flow teacher needs no flow at inference); ``data_path`` replaces the run's data folder. A task that
+    fitted facts on the training data (``RunData.learned``) gets the run's back (``prepare_data(learned=...)``).
 
     ``teacher_weight`` (``wtal predict --teacher-weight``): score with the run's model and its teacher
     together (:class:`wtal.models.fused.FusedModel`): a jointly trained teacher from the same checkpoint, or
@@ -46,7 +47,8 @@ def load_run(run: str | Path, device: torch.device | str | None = None, data_pat
         if cfg.teacher is None:
             raise WtalInputError("--teacher-weight: the run has no teacher", path=run, fix="drop --teacher-weight")
         streams = list(dict.fromkeys([*streams, *teacher_streams(cfg)]))
-    data = task.prepare_data(cfg, streams, data_path)
+    learned = learned_facts(run)  # e.g. the run's vocabulary: other data is encoded as the model was trained
+    data = task.prepare_data(cfg, streams, data_path, **({"learned": learned} if learned else {}))
     _, model, checkpoint = load_run_model(run, task, data, device=device)
     if teacher_weight is not None:
         model = FusedModel(model, load_run_teacher(run, cfg, task, data, checkpoint, device), teacher_weight)

@@ -58,10 +58,20 @@ def run_checkpoint(run: str | Path, cfg: RunConfig, which: str = "selected") -> 
 # --------------------------------------------------------------------------------------- fingerprints
 
 def data_fingerprint(task: str, data: RunData, streams: Sequence[str]) -> dict[str, Any]:
-    """What a trained model depends on in its data: classes, the streams it reads and their widths."""
-    return {"task": task, "path": str(getattr(data.source, "path", "")), "classes": list(data.classes),
-            "streams": {s: int(data.streams[s]) for s in streams},
-            "snippets_per_second": float(data.snippets_per_second)}
+    """What a trained model depends on in its data: classes, the streams it reads and their widths, and the
+    facts the task fitted on the training data (``RunData.learned``, e.g. a grounding vocabulary)."""
+    fingerprint = {"task": task, "path": str(getattr(data.source, "path", "")), "classes": list(data.classes),
+                   "streams": {s: int(data.streams[s]) for s in streams},
+                   "snippets_per_second": float(data.snippets_per_second)}
+    if data.learned:
+        fingerprint["learned"] = data.learned
+    return fingerprint
+
+
+def learned_facts(run: str | Path) -> dict[str, Any]:
+    """The facts a run's task fitted on its training data (``{}`` for tasks that fit none)."""
+    fingerprint = read_fingerprint(Path(run))
+    return dict(fingerprint.get("learned") or {}) if fingerprint else {}
 
 
 def write_fingerprint(run: Path, fingerprint: dict[str, Any]) -> None:
@@ -91,6 +101,9 @@ def check_compatible(expected: dict[str, Any], actual: dict[str, Any], *, what: 
         if extra:
             detail += f", extra {extra[:3]}"
         problems.append(detail)
+    for key in sorted(set(expected.get("learned", {})) | set(actual.get("learned", {}))):
+        if expected.get("learned", {}).get(key) != actual.get("learned", {}).get(key):
+            problems.append(f"another {key} (fitted on other training data)")
     for stream, width in expected.get("streams", {}).items():
         have = actual.get("streams", {}).get(stream)
         if have is None:

@@ -70,6 +70,11 @@ def learning_rate(optim: OptimConfig, epoch: int, global_step: int, steps_per_ep
     schedule = optim.schedule
     if schedule.type == "step":
         lr *= schedule.factors[bisect.bisect_right(schedule.milestones, epoch)]
+    elif schedule.type == "inverse_sqrt":
+        if global_step < schedule.warmup_steps:
+            start = schedule.warmup_init_lr
+            return start + global_step * (lr - start) / schedule.warmup_steps
+        return lr * math.sqrt(schedule.warmup_steps / global_step)
     warmup_steps = schedule.warmup_epochs * steps_per_epoch
     if warmup_steps > 0:
         lr *= min(1.0, (global_step + 1) / warmup_steps)

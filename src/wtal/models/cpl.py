@@ -84,8 +84,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wtal.data.batch import Batch
 from wtal.data.text import EOS_ID, PAD_ID
+from wtal.errors import WtalInputError
+from wtal.models.base import ModelContext, StreamModel
 from wtal.models.recipes import parse_hyperparameters
+from wtal.ranges import BELOW_ONE, COUNT, INDEX, NON_NEGATIVE, POSITIVE, in_range
 
 _MASKED = -1e30  # additive attention mask: exp() of it is exactly 0, and a fully masked row stays finite
 GAUSS_EPS = 1e-10  # added to the Gaussian before re-weighting attention (CPL's value)
@@ -95,37 +99,51 @@ GAUSS_EPS = 1e-10  # added to the Gaussian before re-weighting attention (CPL's 
 class CPLHyperparameters:
     """CPL's hyper-parameters; defaults are its Charades-STA values (see the module docstring)."""
 
-    hidden_dim: int = 256
-    num_heads: int = 4
-    ffn_dim: int = 512
-    video_layers: int = 3
-    text_layers: int = 3
-    dropout: float = 0.1
-    word_dim: int = 300  # learned word vectors (ignored when vectors are given)
+    hidden_dim: int = in_range(256, COUNT)
+    num_heads: int = in_range(4, COUNT)
+    ffn_dim: int = in_range(512, COUNT)
+    video_layers: int = in_range(3, COUNT)
+    text_layers: int = in_range(3, COUNT)
+    dropout: float = in_range(0.1, BELOW_ONE)
+    word_dim: int = in_range(300, COUNT)  # learned word vectors (ignored when vectors are given)
     train_word_vectors: bool = True
-    num_proposals: int = 8
-    sigma: float = 9.0
-    min_width: float = 0.01
-    proposal_stride: int = 4
-    gamma: float = 0.5
-    curriculum_epochs: int = 30
-    margin_reference: float = 0.1
-    margin_negative: float = 0.15
-    alpha_rank: float = 1.0
-    alpha_diversity: float = 5.0
-    diversity_target: float = 0.146
-    label_smoothing: float = 0.1
-    mask_divisor: int = 3
+    num_proposals: int = in_range(8, COUNT)
+    sigma: float = in_range(9.0, POSITIVE)
+    min_width: float = in_range(0.01, POSITIVE)
+    proposal_stride: int = in_range(4, COUNT)
+    gamma: float = in_range(0.5, NON_NEGATIVE)
+    curriculum_epochs: int = in_range(30, COUNT)  # epochs until the negatives reach the proposal (f = 1)
+    margin_reference: float = in_range(0.1, NON_NEGATIVE)
+    margin_negative: float = in_range(0.15, NON_NEGATIVE)
+    alpha_rank: float = in_range(1.0, NON_NEGATIVE)
+    alpha_diversity: float = in_range(5.0, NON_NEGATIVE)
+    diversity_target: float = in_range(0.146, NON_NEGATIVE)
+    label_smoothing: float = in_range(0.1, BELOW_ONE)
+    mask_divisor: int = in_range(3, COUNT)
     causal_video: bool = True
     eval_masking: str = "seeded"  # or "none"
+    eval_seed: int = in_range(0, INDEX)  # eval_masking "seeded": masks drawn from (eval_seed, query id)
 
     def __post_init__(self) -> None:
-        if self.hidden_dim % self.num_heads:
-            raise ValueError(f"hidden_dim {self.hidden_dim} must be divisible by num_heads {self.num_heads}")
+        if self.num_heads >= 1 and self.hidden_dim % self.num_heads:
+            raise WtalInputError(f"model.params.hidden_dim {self.hidden_dim} is not divisible by num_heads "
+                                 f"{self.num_heads}", fix="choose hidden_dim a multiple of num_heads")
         if self.eval_masking not in ("seeded", "none"):
-            raise ValueError(f"eval_masking must be 'seeded' or 'none', got {self.eval_masking!r}")
-        if self.num_proposals < 1 or self.proposal_stride < 1 or self.mask_divisor < 1:
-            raise ValueError("num_proposals, proposal_stride and mask_divisor must be >= 1")
+            raise WtalInputError(f"invalid config value model.params.eval_masking = {self.eval_masking!r}",
+                                 fix="use 'seeded' or 'none'")
+
+
+@dataclass
+class ReconstructionInputs:
+    """What a reconstruction pass reads besides the key weights: kept with a training output so that the
+    negatives, which depend on the epoch, can be reconstructed when the losses are computed."""
+
+    clips: Tensor  # (B, P, H) projected clips at the sub-sampled positions
+    valid: Tensor  # (B, P) bool
+    time: Tensor  # (B, P) normalised times of the positions
+    word_in: Tensor  # (B, L + 1, H) masked word inputs with positions
+    word_valid: Tensor  # (B, L + 1) bool
+    targets: Tensor  # (B, L + 1) target ids
 
 
 @dataclass
@@ -137,6 +155,7 @@ class CPLOutput:
     proposal_nll: Tensor  # (B, K) reconstruction loss of each proposal
     reference_nll: Tensor | None  # (B,) whole-video reconstruction loss (training passes only)
     negative_nll: Tensor | None  # (B, 2) left/right negatives of the best proposal (training passes only)
+    inputs: ReconstructionInputs | None = None  # kept by a training pass whose negatives wait for the epoch
 
 
 # ------------------------------------------------------------------------------------------ word masking
@@ -331,7 +350,7 @@ class CPL(nn.Module):
     # -------------------------------------------------------------------------------------- forward
 
     def forward(self, video: Mapping[str, Tensor], video_mask: Tensor, words: Tensor, word_mask: Tensor, *,
-                epoch: float = 0, word_weights: Tensor | None = None, masked_words: Tensor | None = None,
+                epoch: float | None = 0, word_weights: Tensor | None = None, masked_words: Tensor | None = None,
                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
                 contrast: bool | None = None) -> CPLOutput:
         """Proposals and their reconstruction losses for a batch.
@@ -340,12 +359,55 @@ class CPL(nn.Module):
         ids (padding ``PAD_ID``) with ``word_mask`` ``(B, L)`` bool (a prefix per row); ``word_weights`` ``(B, L)``
         masking weights. The words to mask are ``masked_words`` when given, else drawn from ``generator``
         (:func:`draw_masked_words`); at evaluation with ``eval_masking="none"`` nothing is masked. ``contrast``
-        (default: training mode) adds the reference and negative passes that the losses need.
+        (default: training mode) adds the reference and negative passes that the losses need; with ``epoch=None``
+        the negatives wait for :meth:`losses` (which then needs the epoch).
         """
         hp = self.hp
         contrast = self.training if contrast is None else contrast
+        inputs, centers, widths = self._encode(video, video_mask, words, word_mask, word_weights, masked_words,
+                                               generator)
+        gauss = gaussian_weights(inputs.time, inputs.valid, centers, widths.clamp(min=hp.min_width) / hp.sigma)
+        weights = gauss
+        if contrast:  # reference pass (uniform weights = no re-weighting) batched with the proposals
+            uniform = torch.ones_like(gauss[:, :1]).masked_fill(~inputs.valid[:, None], 0)
+            weights = torch.cat([gauss, uniform], dim=1)
+        nll = self._reconstruct(inputs, weights)
+        out = CPLOutput(centers, widths, gauss, inputs.valid, nll[:, : hp.num_proposals],
+                        nll[:, -1] if contrast else None, None, inputs if contrast else None)
+        if contrast and epoch is not None:
+            out.negative_nll = self.negative_nll(out, epoch)
+        return out
+
+    def negative_nll(self, out: CPLOutput, epoch: float) -> Tensor:
+        """``(B, 2)`` reconstruction losses of the left and right negatives of each sample's best proposal at the
+        curriculum of ``epoch`` (0-based), from a training pass's kept inputs."""
+        if out.inputs is None:
+            raise ValueError("the negatives need a training pass (forward with contrast=True)")
+        best = out.proposal_nll.argmin(dim=1, keepdim=True)
+        center, width = out.centers.gather(1, best).squeeze(1), out.widths.gather(1, best).squeeze(1)
+        negatives = negative_gaussians(out.inputs.time, out.inputs.valid, center, width,
+                                       curriculum_factor(epoch, self.hp), self.hp)
+        return self._reconstruct(out.inputs, negatives)
+
+    def segment_nll(self, video: Mapping[str, Tensor], video_mask: Tensor, words: Tensor, word_mask: Tensor,
+                    centers: Tensor, widths: Tensor, *, word_weights: Tensor | None = None,
+                    masked_words: Tensor | None = None,
+                    generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
+        """``(B, M)`` reconstruction losses of the sentence from given Gaussian proposals ``centers`` / ``widths``
+        ``(B, M)`` (fractions of the video), masked as :meth:`forward` masks: how well a segment explains the
+        sentence (e.g. the ground-truth moment against shifted ones, or a student's segments under a teacher)."""
+        inputs, _, _ = self._encode(video, video_mask, words, word_mask, word_weights, masked_words, generator)
+        stds = widths.clamp(min=self.hp.min_width) / self.hp.sigma
+        return self._reconstruct(inputs, gaussian_weights(inputs.time, inputs.valid, centers, stds))
+
+    def _encode(self, video: Mapping[str, Tensor], video_mask: Tensor, words: Tensor, word_mask: Tensor,
+                word_weights: Tensor | None, masked_words: Tensor | None,
+                generator: torch.Generator | Sequence[torch.Generator] | None
+                ) -> tuple[ReconstructionInputs, Tensor, Tensor]:
+        """The reconstruction inputs (sub-sampled clips, masked words, targets) and the proposals ``(B, K)``."""
+        hp = self.hp
         x = torch.cat([video[s] for s in self.streams], dim=-1)
-        bsz, t_max, _ = x.shape
+        t_max = x.shape[1]
         video_len, word_len = video_mask.sum(dim=1), word_mask.sum(dim=1)
         if masked_words is None:
             if not self.training and hp.eval_masking == "none":
@@ -360,28 +422,12 @@ class CPL(nn.Module):
 
         index, time, pos_valid = subsample_positions(video_len, hp.proposal_stride)
         sampled = torch.gather(clips[:, :t_max], 1, index[..., None].expand(-1, -1, clips.shape[-1]))
-        gauss = gaussian_weights(time, pos_valid, centers, widths.clamp(min=hp.min_width) / hp.sigma)
-
         mask_token = self.word_fc(self.mask_vec)
         word_in = tokens.clone()
         word_in[:, 1:] = torch.where(masked_words[..., None], mask_token, tokens[:, 1:])
-        word_in = word_in + positions
-        targets = self._targets(words, word_len)
-
-        weights = gauss
-        if contrast:  # reference pass (uniform weights = no re-weighting) batched with the proposals
-            weights = torch.cat([gauss, torch.ones_like(gauss[:, :1]).masked_fill(~pos_valid[:, None], 0)], dim=1)
-        nll = self._reconstruct(sampled, pos_valid, weights, word_in, token_valid, targets)
-        proposal_nll = nll[:, : hp.num_proposals]
-        reference_nll = negative_nll = None
-        if contrast:
-            reference_nll = nll[:, -1]
-            best = proposal_nll.argmin(dim=1)
-            pick = lambda t: t.gather(1, best[:, None]).squeeze(1)  # noqa: E731
-            negatives = negative_gaussians(time, pos_valid, pick(centers), pick(widths),
-                                           curriculum_factor(epoch, hp), hp)
-            negative_nll = self._reconstruct(sampled, pos_valid, negatives, word_in, token_valid, targets)
-        return CPLOutput(centers, widths, gauss, pos_valid, proposal_nll, reference_nll, negative_nll)
+        inputs = ReconstructionInputs(sampled, pos_valid, time, word_in + positions, token_valid,
+                                      self._targets(words, word_len))
+        return inputs, centers, widths
 
     def _project_video(self, x: Tensor, video_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Clips plus the prediction token (last position), input dropout, projection; and key validity."""
@@ -413,16 +459,16 @@ class CPL(nn.Module):
         targets = torch.cat([words, torch.full_like(words[:, :1], PAD_ID)], dim=1)
         return targets.scatter(1, word_len[:, None].long(), EOS_ID)
 
-    def _reconstruct(self, clips: Tensor, clip_valid: Tensor, weights: Tensor, word_in: Tensor,
-                     word_valid: Tensor, targets: Tensor) -> Tensor:
+    def _reconstruct(self, inputs: ReconstructionInputs, weights: Tensor) -> Tensor:
         """``(B, M)`` reconstruction losses under ``M`` key weightings ``weights`` ``(B, M, P)``."""
         bsz, m, p = weights.shape
         rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731
         flat = weights.reshape(bsz * m, p)
-        memory = self.video_decoder(rep(clips), rep(clip_valid), causal=self.hp.causal_video, self_weight=flat)
-        h = self.text_decoder(rep(word_in), rep(word_valid), causal=True, memory=memory,
-                              memory_valid=rep(clip_valid), cross_weight=flat)
-        return self.sequence_nll(self.vocab_fc(h), rep(targets), rep(word_valid)).view(bsz, m)
+        valid = rep(inputs.valid)
+        memory = self.video_decoder(rep(inputs.clips), valid, causal=self.hp.causal_video, self_weight=flat)
+        h = self.text_decoder(rep(inputs.word_in), rep(inputs.word_valid), causal=True, memory=memory,
+                              memory_valid=valid, cross_weight=flat)
+        return self.sequence_nll(self.vocab_fc(h), rep(inputs.targets), rep(inputs.word_valid)).view(bsz, m)
 
     def sequence_nll(self, logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
         """Label-smoothed token cross-entropy averaged over each sequence's valid targets: ``(N,)``."""
@@ -434,11 +480,15 @@ class CPL(nn.Module):
 
     # -------------------------------------------------------------------------------------- losses
 
-    def losses(self, out: CPLOutput) -> dict[str, Tensor]:
-        """Per-sample ``(B,)`` losses: reconstruction, ranking, diversity and their weighted ``total``."""
+    def losses(self, out: CPLOutput, epoch: float | None = None) -> dict[str, Tensor]:
+        """Per-sample ``(B,)`` losses: reconstruction, ranking, diversity and their weighted ``total``. ``epoch``
+        (0-based) is needed when the training pass left its negatives for now (``forward(epoch=None)``)."""
         hp = self.hp
+        if out.negative_nll is None and out.inputs is not None and epoch is not None:
+            out.negative_nll = self.negative_nll(out, epoch)
         if out.reference_nll is None or out.negative_nll is None:
-            raise ValueError("the losses need the reference and negative passes: call forward with contrast=True")
+            raise ValueError("the losses need the reference and negative passes: call forward with contrast=True "
+                             "(and an epoch, here or in forward)")
         best = out.proposal_nll.min(dim=1).values
         reconstruction = 0.5 * (best + out.reference_nll)
         ranking = (F.relu(best - out.reference_nll + hp.margin_reference)
@@ -458,3 +508,72 @@ def rank_proposals(out: CPLOutput) -> tuple[np.ndarray, np.ndarray]:
     segments = torch.stack([torch.clamp(c - w / 2, min=0), torch.clamp(c + w / 2, max=1)], dim=-1)
     scores = -out.proposal_nll.gather(1, order)
     return segments.detach().cpu().double().numpy(), scores.detach().cpu().double().numpy()
+
+
+def proposal_distribution(out: CPLOutput, temperature: float = 1.0) -> Tensor:
+    """``(B, K)`` a distribution over each query's proposals, ``softmax(-nll / temperature)``: the better a
+    proposal reconstructs the sentence, the more mass (a grounding teacher's per-query proposal distribution)."""
+    return torch.softmax(-out.proposal_nll / temperature, dim=1)
+
+
+def snippet_activation(out: CPLOutput, lengths: Tensor, hp: CPLHyperparameters, temperature: float = 1.0) -> Tensor:
+    """``(B, T_max)`` query-conditioned activation of every snippet in [0, 1]: the proposals' Gaussians
+    (``std = max(w, min_width) / sigma``, peak 1) at the snippet centres ``(i + 0.5) / T`` mixed by
+    :func:`proposal_distribution`; 0 past each sample's ``lengths``."""
+    t_max = int(lengths.max().item())
+    idx = torch.arange(t_max, device=lengths.device, dtype=out.centers.dtype)[None, :]
+    time = (idx + 0.5) / lengths.to(out.centers.dtype)[:, None]  # (B, T)
+    std = out.widths.clamp(min=hp.min_width) / hp.sigma  # (B, K)
+    gauss = torch.exp(-((time[:, None, :] - out.centers[..., None]) ** 2) / (2 * std[..., None] ** 2))
+    activation = (proposal_distribution(out, temperature)[..., None] * gauss).sum(dim=1)
+    return activation.masked_fill(idx >= lengths[:, None], 0.0)
+
+
+# ------------------------------------------------------------------------------------------ wtal model
+
+
+class CPLModel(StreamModel):
+    """CPL as a wtal model for the grounding task: ``model(batch)`` reads the model's streams and the query
+    fields of a grounding batch (``words``, ``word_mask``, ``word_weights``, ``query``: see
+    :mod:`wtal.tasks.grounding`); the vocabulary (and optional word vectors) come from the model context's
+    ``extras``. Training passes leave their negatives to :meth:`losses`, which knows the epoch; evaluation masks
+    words from generators seeded by ``(eval_seed, query id)`` (``eval_masking="seeded"``), so a query's
+    ranking does not depend on its batch or on any random stream."""
+
+    hyperparameters = CPLHyperparameters
+    needs_classes = False  # a grounding model: sentences instead of action classes
+
+    def __init__(self, context: ModelContext, **params: Any):
+        super().__init__(context)
+        hp = parse_hyperparameters(CPLHyperparameters, "cpl", params)
+        vocabulary = context.extras.get("vocabulary")
+        if vocabulary is None:
+            raise WtalInputError("model 'cpl' needs a sentence vocabulary in its context",
+                                 fix="train it with task: grounding (the task builds the vocabulary)")
+        self.cpl = CPL(context.streams, len(vocabulary), hp, context.extras.get("word_vectors"))
+
+    @property
+    def hp(self) -> CPLHyperparameters:
+        return self.cpl.hp
+
+    def forward(self, batch: Batch) -> CPLOutput:
+        fields = batch.fields
+        generator = None
+        if not self.training and self.hp.eval_masking == "seeded":
+            generator = query_generators(fields["query"], self.hp.eval_seed)
+        return self.cpl(batch.inputs, batch.mask, fields["words"], fields["word_mask"], epoch=None,
+                        word_weights=fields["word_weights"], generator=generator)
+
+    def losses(self, out: CPLOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
+        return self.cpl.losses(out, epoch)
+
+    def ranked_segments(self, out: CPLOutput) -> tuple[np.ndarray, np.ndarray]:
+        """``(segments (B, K, 2), scores (B, K))``: fractions of the duration, best first (:func:`rank_proposals`)."""
+        return rank_proposals(out)
+
+    def proposal_distribution(self, out: CPLOutput, temperature: float = 1.0) -> Tensor:
+        return proposal_distribution(out, temperature)
+
+    def snippet_activation(self, out: CPLOutput, batch: Batch, temperature: float = 1.0) -> Tensor:
+        """``(B, T)`` query-conditioned snippet activation (:func:`snippet_activation`) on the batch's snippets."""
+        return snippet_activation(out, batch.lengths, self.hp, temperature)

@@ -8,6 +8,7 @@ from wtal.errors import WtalInputError
 from wtal.importing import is_reference, resolve
 from wtal.models.base import ModelContext
 from wtal.models.basnet import BaSNet
+from wtal.models.cpl import CPLModel
 from wtal.models.facnet import FACNet
 from wtal.models.mil import MILModel
 from wtal.models.mmsd import MMSD
@@ -17,7 +18,7 @@ from wtal.models.stpn import STPN
 from wtal.models.vlp import VLPBranch
 from wtal.models.wum import WUM
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
+DETECTION_MODELS: dict[str, type[nn.Module]] = {  # action localization (wtal.models.base.WtalModel)
     "rskp": RSKP,
     "stpn": STPN,
     "basnet": BaSNet,
@@ -27,7 +28,12 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "mmsd": MMSD,
     "vlp": VLPBranch,
 }
+GROUNDING_MODELS: dict[str, type[nn.Module]] = {  # sentence grounding (wtal.tasks.grounding)
+    "cpl": CPLModel,
+}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {**DETECTION_MODELS, **GROUNDING_MODELS}
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
+DETECTION_MODEL_NAMES: tuple[str, ...] = tuple(DETECTION_MODELS)
 
 
 def model_class(name: str) -> type[nn.Module]:
@@ -46,11 +52,14 @@ def check_hyperparameters(name: str, params: dict) -> None:
 
 def build_model(name: str, context: ModelContext, **params) -> nn.Module:
     """``model_class(name)(context, **params)``; ``params`` are the model's hyperparameters."""
-    if not context.streams or any(int(w) < 1 for w in context.streams.values()) or context.num_classes < 1:
-        raise WtalInputError(f"model '{name}' needs at least one stream of width >= 1 and one class, got "
-                             f"streams {dict(context.streams)} and {context.num_classes} classes",
-                             fix="check the feature files, model.streams and the class list")
     cls = model_class(name)
+    needs_classes = getattr(cls, "needs_classes", True)  # grounding models read sentences, not classes
+    if not context.streams or any(int(w) < 1 for w in context.streams.values()) or \
+            (needs_classes and context.num_classes < 1):
+        raise WtalInputError(f"model '{name}' needs at least one stream of width >= 1"
+                             f"{' and one class' if needs_classes else ''}, got streams {dict(context.streams)}"
+                             f"{f' and {context.num_classes} classes' if needs_classes else ''}",
+                             fix="check the feature files, model.streams and the class list")
     try:
         return cls(context, **params)
     except TypeError as exc:  # e.g. an unknown keyword of a model without a hyperparameter dataclass

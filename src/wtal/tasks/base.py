@@ -53,7 +53,11 @@ class Task(Protocol):
     name: str
 
     def prepare_data(self, cfg: RunConfig, streams: Sequence[str], path: str | Path | None = None) -> RunData:
-        """Open the data at ``path`` (default ``cfg.data.path``) with the given streams and make the splits."""
+        """Open the data at ``path`` (default ``cfg.data.path``) with the given streams and make the splits.
+
+        A task that fits facts on the training data (a vocabulary) returns them in ``RunData.learned``; when a
+        trained run is loaded, they come back as the keyword ``learned`` (only to tasks that returned some), and
+        the task uses them instead of fitting again."""
         ...
 
     def model_context(self, data: RunData, streams: Sequence[str]) -> ModelContext:
