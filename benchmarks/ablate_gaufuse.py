@@ -278,21 +278,35 @@ def markdown(title: str, rows: list[dict]) -> str:
 # ------------------------------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_arguments(description: str, jobs: int) -> argparse.ArgumentParser:
+    """The options every ablation script shares: data, output, epochs, seeds, parallel jobs, threads, --set."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", required=True, type=Path, help="W-TALC bundle or per-video feature folder")
     p.add_argument("--out", required=True, type=Path, help="output folder (runs/, logs/, ablation.json)")
     p.add_argument("--epochs", type=int, default=None, help="rescale every config to N epochs (default: as is)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    p.add_argument("--tables", default="3,4,5", help=f"comma-separated among 3 (both parts), {', '.join(TABLE_KEYS)}")
-    p.add_argument("--models", default=",".join(MODEL_NAMES), help="base models of table 5")
-    p.add_argument("--base", default="rskp", help="base model of tables 3 and 4")
-    p.add_argument("--jobs", type=int, default=2, help="training runs in parallel")
+    p.add_argument("--jobs", type=int, default=jobs, help="training runs in parallel")
     p.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every run (after the variant's own)")
-    args = p.parse_args(argv)
+    return p
+
+
+def checked_run_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the seeds as a list and absolute paths; a usage error for no seed, jobs or threads < 1."""
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if not args.seeds or args.jobs < 1 or args.threads < 1:
+        p.error("give at least one seed, --jobs >= 1 and --threads >= 1")
+    args.data, args.out = args.data.resolve(), args.out.resolve()
+    return args
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = run_arguments(__doc__.split("\n")[0], jobs=2)
+    p.add_argument("--tables", default="3,4,5", help=f"comma-separated among 3 (both parts), {', '.join(TABLE_KEYS)}")
+    p.add_argument("--models", default=",".join(MODEL_NAMES), help="base models of table 5")
+    p.add_argument("--base", default="rskp", help="base model of tables 3 and 4")
+    args = checked_run_arguments(p, p.parse_args(argv))
     keys = [k.strip() for k in args.tables.split(",") if k.strip()]
     args.tables = [k for k in TABLE_KEYS if k in keys or k.split("-")[0] in keys]
     unknown = set(keys) - set(TABLE_KEYS) - {"3"}
@@ -303,26 +317,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--tables: use some of 3, {', '.join(TABLE_KEYS)} (got {keys!r})")
     if missing:
         p.error(f"no config {', '.join(sorted(missing))} in {CONFIG_DIR}")
-    if not args.seeds or args.jobs < 1 or args.threads < 1:
-        p.error("give at least one seed, --jobs >= 1 and --threads >= 1")
-    args.data, args.out = args.data.resolve(), args.out.resolve()
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    tables = build_tables(args.tables, args.models, args.base)
-    failed = train_all(run_specs(tables, args.seeds), args)
+def report_tables(tables: dict[str, Table], args: argparse.Namespace, failed: list[str], **extra) -> int:
+    """Summarise every row, print the markdown tables, write ``OUT/ablation.json`` (with ``extra``); the exit
+    code: 1 when a run failed."""
     torch.set_num_threads(args.threads)  # in-process prediction of the test-time rows
     results = {key: {"title": t.title, "rows": [summarize(r, args.seeds, args.out) for r in t.rows]}
                for key, t in tables.items()}
     for table in results.values():
         print("\n" + markdown(table["title"], table["rows"]))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    path = write_json_atomic(args.out / "ablation.json", {"settings": settings, "tables": results,
+    path = write_json_atomic(args.out / "ablation.json", {"settings": settings, "tables": results, **extra,
                                                           "failed": failed}, indent=1)
     print(f"\n-> {path}" + (f"; {len(failed)} run(s) failed: {failed}" if failed else ""))
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tables = build_tables(args.tables, args.models, args.base)
+    failed = train_all(run_specs(tables, args.seeds), args)
+    return report_tables(tables, args, failed)
 
 
 if __name__ == "__main__":

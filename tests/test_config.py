@@ -40,7 +40,7 @@ def test_shipped_configs_are_complete_or_extend_a_complete_base_and_are_valid(pa
     else:
         assert complete <= set(raw), "a config without extends is complete"
     cfg = resolve_config(path)
-    assert cfg.model.name in ("rskp", "stpn", "basnet", "wum", "facnet", "mil")
+    assert cfg.model.name in ("rskp", "stpn", "basnet", "wum", "facnet", "mil", "issf")
     # the model accepts every listed hyper-parameter, and the postprocess section builds a LocalizeConfig
     from helpers import joint_context
 
@@ -52,7 +52,7 @@ def test_shipped_configs_are_complete_or_extend_a_complete_base_and_are_valid(pa
 
 
 def test_gaufuse_configs_differ_from_their_base_only_in_pseudo_labels_and_test_fusion():
-    for name in ("rskp", "stpn", "basnet", "wum", "facnet"):
+    for name in ("rskp", "stpn", "basnet", "wum", "facnet", "issf"):
         plain = resolve_config(CONFIGS / f"{name}.yaml").to_dict()
         gaufuse = resolve_config(CONFIGS / f"{name}_gaufuse.yaml").to_dict()
         differing = {k for k in plain if plain[k] != gaufuse[k]}
@@ -143,7 +143,7 @@ def test_data_path_is_stored_absolute(tmp_path, monkeypatch):
 
 
 def test_every_thumos_model_has_a_config():
-    for name in ("rskp", "stpn", "basnet", "wum", "facnet"):
+    for name in ("rskp", "stpn", "basnet", "wum", "facnet", "issf"):
         cfg = resolve_config(CONFIGS / f"{name}.yaml")
         assert cfg.model.name == name and cfg.eval.tiou == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 

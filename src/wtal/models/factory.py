@@ -8,6 +8,7 @@ from wtal.errors import WtalInputError
 from wtal.models.base import ModelContext
 from wtal.models.basnet import BaSNet
 from wtal.models.facnet import FACNet
+from wtal.models.issf import ISSF
 from wtal.models.mil import MILModel
 from wtal.models.recipes import parse_hyperparameters
 from wtal.models.rskp import RSKP
@@ -21,6 +22,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "wum": WUM,
     "facnet": FACNet,
     "mil": MILModel,
+    "issf": ISSF,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
 
