@@ -4,6 +4,7 @@ training engine (resume, no test video in the memory) and its configs."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -329,3 +330,25 @@ def test_shipped_configs_are_the_reference_and_its_short_schedule():
     sp = short.model.params
     assert short.data.batch_size == 2 and short.optim.lr == pytest.approx(5e-5 * 4.5)
     assert (sp["memory_init_epoch"], sp["momentum_epoch"], sp["momentum_total_epochs"]) == (1, 19, 40)
+
+
+def test_shipped_config_trains_predicts_and_localizes_from_the_cli(tmp_path, tiny_data):  # noqa: F811
+    """``issf.yaml`` at 3 epochs (memory filled after epoch index 1, momentum updates from index 2), then
+    ``wtal predict --cas`` and ``wtal localize`` on its CAS."""
+    from wtal.cli import main
+    from wtal.data.sources import open_source
+
+    run, preds, cas, located = tmp_path / "run", tmp_path / "p.json", tmp_path / "cas.npz", tmp_path / "l.json"
+    assert main(["train", "--config", "issf", "--data", str(tiny_data["wtalc"]), "--out", str(run), "--epochs", "3",
+                 "--set", "train.num_threads=1", "--set", "train.progress=false", "--device", "cpu"]) == 0
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert torch.any(saved["memory_scores"] > 0)
+    assert main(["predict", "--run", str(run), "--out", str(preds), "--cas", str(cas), "--device", "cpu"]) == 0
+    assert json.loads(preds.read_text()) == json.loads((run / "predictions" / "test.json").read_text())
+    stored = np.load(cas)
+    annotations = open_source(tiny_data["wtalc"]).annotations
+    assert set(annotations.names("test")) <= set(stored.files)
+    assert main(["localize", "--cas", str(cas), "--out", str(located), "--method", "nms"]) == 0
+    results = json.loads(located.read_text())["results"]
+    assert results and set(results) <= set(annotations.names("test"))
+    assert {d["label"] for dets in results.values() for d in dets} <= set(annotations.classes)

@@ -116,14 +116,17 @@ def attention_pool(queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Te
 
 
 def attend(queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
-           block_elements: int = ATTENTION_BLOCK_ELEMENTS) -> torch.Tensor:
+           block_elements: int | None = None) -> torch.Tensor:
     """:func:`attention_pool` with linear memory in the number of query snippets.
 
     Invalid keys count as zero vectors; a video without a valid key attends uniformly to zeros and gets 0
     (an empty set contributes nothing). When ``B x T x K`` exceeds ``block_elements`` the queries run in
     blocks of rows, each recomputed in the backward pass instead of keeping its score matrix: activations
-    ``O(B K)`` per block, the result equal to the straight formula.
+    ``O(B K)`` per block, the result equal to the straight formula. ``block_elements=None`` reads
+    ``ATTENTION_BLOCK_ELEMENTS`` at call time.
     """
+    if block_elements is None:
+        block_elements = ATTENTION_BLOCK_ELEMENTS
     keys = masked_fill_zero(keys, key_mask)
     key_mask = key_mask | ~key_mask.any(dim=1, keepdim=True)
     batch, length, width = queries.shape[0], queries.shape[1], keys.shape[1]
