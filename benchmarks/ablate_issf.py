@@ -25,6 +25,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablate_gaufuse import (  # noqa: E402  (the script's own folder first)
     Row,
@@ -35,8 +37,6 @@ from ablate_gaufuse import (  # noqa: E402  (the script's own folder first)
     run_specs,
     train_all,
 )
-
-from wtal.engine.config import load_run_config  # noqa: E402
 
 TABLE_KEYS = ("modules", "models")
 NO_REFINEMENT = "model.params.boundary_refinement=false"
@@ -85,9 +85,11 @@ def link_baselines(args: argparse.Namespace) -> list[str]:
             target = args.out / "runs" / model / f"seed{seed}"
             if target.exists() or target.is_symlink() or not (source / "report.json").is_file():
                 continue
-            cfg = load_run_config(source / "config.yaml")
-            same = (Path(cfg.data.path).resolve() == args.data and cfg.train.seed == seed
-                    and (args.epochs is None or cfg.train.epochs == args.epochs) and cfg.model.name == model)
+            # read as plain YAML: a run saved by another wtal version may hold keys this one does not know
+            cfg = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
+            same = (Path(cfg["data"]["path"]).resolve() == args.data and cfg["train"]["seed"] == seed
+                    and (args.epochs is None or cfg["train"]["epochs"] == args.epochs)
+                    and cfg["model"]["name"] == model)
             if not same:
                 print(f"  not reusing {source}: other data, seed or epochs", flush=True)
                 continue
