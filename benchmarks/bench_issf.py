@@ -8,12 +8,13 @@ are recomputed in the backward pass (``wtal.models.issf.attend``), so their acti
 Part 1 (``--lengths``, ``--dims``): one forward + backward of one video of T snippets (random features,
 one label, memory filled so that the memory branch runs), for ISSF (blocked), ISSF (straight) and RSKP,
 each measurement in a fresh subprocess: CPU seconds (``time.process_time``, best of ``--repeats``; one
-thread) and peak memory (the process's peak resident set minus its size before the step). Printed with the
-ratios to RSKP and the growth factor from the previous T.
+thread) and peak tensor memory (the largest total of the tensors alive at once during the step, from
+torch's memory timeline of the CPU allocator; resident-set sizes mix in glibc's heap reuse, which varied
+by +-100 MiB between runs). Printed with the ratios to RSKP and the growth factor from the previous T.
 
-Part 2 (``--data DIR``): one training epoch of the shipped short schedule (``--epochs``, default 40) of
+Part 2 (``--data DIR``): training epochs of the shipped short schedule (``--epochs``, default 40) of
 ``issf.yaml`` and ``rskp.yaml`` on that data, in the memory phase of each (memory filled by its eval pass,
-then an epoch after its initialisation epoch): CPU seconds and peak memory over the data already loaded.
+then epochs after its initialisation epoch): CPU seconds of one epoch and the peak tensor memory of the next.
 
 Usage: python benchmarks/bench_issf.py [--dims 256,2048] [--lengths 250,500,1000,2000,5000] [--repeats 1]
        [--data DIR] [--epochs 40] [--skip-lengths]
@@ -23,10 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,15 +36,19 @@ VARIANTS = ("issf", "issf-straight", "rskp")
 CLASSES = 20
 
 
-def resident_bytes() -> int:
-    """The process's current resident set size."""
-    with open("/proc/self/statm", encoding="ascii") as fh:
-        pages = int(fh.read().split()[1])
-    return pages * resource.getpagesize()
+def peak_tensor_bytes(work: Callable[[], None]) -> int:
+    """The largest total size of the tensors alive at one time while ``work()`` runs, counted from its start
+    (torch's memory timeline of the CPU allocator; parameters and anything allocated before do not count)."""
+    import torch
 
-
-def peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
+                                record_shapes=True, with_stack=True) as prof:
+        work()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text(encoding="utf-8"))
+    return int(max(sum(row) for row in sizes)) if sizes else 0
 
 
 def build(variant: str, dim: int):
@@ -62,9 +68,7 @@ def build(variant: str, dim: int):
 
 
 def measure_step(variant: str, dim: int, length: int, repeats: int) -> dict:
-    """In this (fresh) process: CPU seconds and peak memory of one training step on one video."""
-    import gc
-
+    """In this (fresh) process: CPU seconds and peak tensor memory of one training step on one video."""
     import torch
 
     from wtal.data.batch import Batch
@@ -84,11 +88,9 @@ def measure_step(variant: str, dim: int, length: int, repeats: int) -> dict:
         out = model(on)
         model.losses(out, on, epoch)["total"].sum().backward()
 
-    step(Batch({k: v[:, :8] for k, v in batch.inputs.items()}, batch.mask[:, :8], labels, ["w"], batch.index))
-    gc.collect()  # the short step above pays torch's one-time allocations
-    before = resident_bytes()
-    step(batch)
-    memory = peak_bytes() - before
+    step(batch)  # warm-up
+    model.zero_grad(set_to_none=True)
+    memory = peak_tensor_bytes(lambda: model.losses(model(batch), batch, epoch)["total"].sum().backward())
     best = float("inf")
     for _ in range(repeats):
         start = time.process_time()
@@ -111,12 +113,12 @@ def measure_epoch(config: str, data: str, epochs: int) -> dict:
         del batch
     params = cfg.model.params
     init_epoch = params.get("memory_init_epoch", params.get("warmup_epoch"))
-    before = resident_bytes()
     trainer.model.on_epoch_end(init_epoch, trainer.train_batches)
     start = time.process_time()
     trainer.train_epoch(init_epoch + 1)
-    return {"seconds": time.process_time() - start, "memory": peak_bytes() - before,
-            "snippets": sum(int(b.mask.sum()) for b in trainer.train_batches())}
+    seconds = time.process_time() - start
+    memory = peak_tensor_bytes(lambda: trainer.train_epoch(init_epoch + 2))
+    return {"seconds": seconds, "memory": memory, "snippets": sum(int(b.mask.sum()) for b in trainer.train_batches())}
 
 
 def in_subprocess(*args: str) -> dict:
@@ -128,13 +130,13 @@ def in_subprocess(*args: str) -> dict:
 
 
 def mib(n: float) -> str:
-    return f"{n / 2**20:.0f}"
+    return f"{n / 2**20:.1f}" if n < 10 * 2**20 else f"{n / 2**20:.0f}"
 
 
 def length_table(dims: list[int], lengths: list[int], repeats: int) -> list[dict]:
     rows = []
     for dim in dims:
-        print(f"\n### one training step, D = {dim} (CPU seconds, one thread; peak memory MiB)\n")
+        print(f"\n### one training step, D = {dim} (CPU seconds, one thread; peak tensor memory MiB)\n")
         print("| T | ISSF s | RSKP s | ISSF / RSKP time | ISSF MiB | straight MiB | RSKP MiB | ISSF / RSKP memory "
               "| straight / RSKP memory | ISSF time growth | ISSF memory growth | straight memory growth |")
         print("|---:|" + "---:|" * 11)
@@ -161,7 +163,7 @@ def epoch_table(data: str, epochs: int) -> dict:
     got = {name: in_subprocess("epoch", str(REPO / "configs" / f"{name}.yaml"), data, str(epochs))
            for name in ("issf", "rskp")}
     print(f"\n### one training epoch of the {epochs}-epoch schedule on {data} (memory phase, one thread)\n")
-    print("| model | CPU s / epoch | snippets / CPU s | peak MiB over the loaded data |")
+    print("| model | CPU s / epoch | snippets / CPU s | peak tensor MiB |")
     print("|---|---:|---:|---:|")
     for name, m in got.items():
         print(f"| {name} | {m['seconds']:.1f} | {m['snippets'] / m['seconds']:.0f} | {mib(m['memory'])} |")
