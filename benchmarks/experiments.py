@@ -230,8 +230,8 @@ def check_run_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) ->
     args.data, args.out = args.data.resolve(), args.out.resolve()
 
 
-def run_tables(tables: dict[str, Table], args: argparse.Namespace, result_file: str) -> int:
-    """Train every run the tables need, print the tables, write them with every per-seed number."""
+def run_tables(tables: dict[str, Table], args: argparse.Namespace, result_file: str, **extra) -> int:
+    """Train every run the tables need, print the tables, write them with every per-seed number (and ``extra``)."""
     import torch
 
     failed = train_all(run_specs(tables, args.seeds), args)
@@ -241,7 +241,8 @@ def run_tables(tables: dict[str, Table], args: argparse.Namespace, result_file: 
     for table in results.values():
         print("\n" + markdown(table["title"], table["rows"]))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    path = write_json_atomic(args.out / result_file, {"settings": settings, "tables": results, "failed": failed},
+    path = write_json_atomic(args.out / result_file, {"settings": settings, "tables": results, **extra,
+                                                        "failed": failed},
                              indent=1)
     print(f"\n-> {path}" + (f"; {len(failed)} run(s) failed: {failed}" if failed else ""))
     return 1 if failed else 0

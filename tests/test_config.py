@@ -73,7 +73,7 @@ def test_the_cpu_cpl_config_is_cpl_charades_under_its_short_schedule_rule():
 
 
 def test_gaufuse_configs_differ_from_their_base_only_in_pseudo_labels_and_test_fusion():
-    for name in ("rskp", "stpn", "basnet", "wum", "facnet", "mmsd"):
+    for name in ("rskp", "stpn", "basnet", "wum", "facnet", "mmsd", "issf"):
         plain = resolve_config(CONFIGS / f"{name}.yaml").to_dict()
         gaufuse = resolve_config(CONFIGS / f"{name}_gaufuse.yaml").to_dict()
         differing = {k for k in plain if plain[k] != gaufuse[k]}
@@ -164,7 +164,7 @@ def test_data_path_is_stored_absolute(tmp_path, monkeypatch):
 
 
 def test_every_thumos_model_has_a_config():
-    for name in ("rskp", "stpn", "basnet", "wum", "facnet"):
+    for name in ("rskp", "stpn", "basnet", "wum", "facnet", "issf"):
         cfg = resolve_config(CONFIGS / f"{name}.yaml")
         assert cfg.model.name == name and cfg.eval.tiou == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 

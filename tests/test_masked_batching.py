@@ -18,7 +18,7 @@ DIM, CLASSES = 32, 4
 LENGTHS = (5, 23, 40)
 NO_DROPOUT = {"rskp": {"dropout": 0.0}, "stpn": {}, "basnet": {"dropout": 0.0}, "wum": {"dropout": 0.0},
               "facnet": {"dropout": 0.0}, "mil": {"dropout": 0.0}, "mmsd": {"dropout": 0.0},
-              "vlp": {"dropout": 0.0}}
+              "vlp": {"dropout": 0.0}, "issf": {"dropout": 0.0}}
 
 
 def _videos(seed: int):
@@ -31,7 +31,7 @@ def _videos(seed: int):
 def _model(name: str, params: dict) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(name, model_context(name, DIM, CLASSES), **SMALL_MODELS.get(name, {}), **params).double()
-    if name == "rskp":  # a filled memory so that the memory branch is exercised after warm-up
+    if name in ("rskp", "issf"):  # a filled memory so that the memory branch is exercised after warm-up
         model.memory.normal_()
         model.memory_scores.uniform_()
     if name == "mmsd":  # stored snippet labels of the three videos, so that the self-voting loss runs

@@ -209,9 +209,10 @@ def test_rskp_reads_memory_before_its_own_update():
     assert not torch.allclose(trained["fore"], from_after["fore"])
 
 
-def test_rskp_memory_initialised_at_end_of_warmup_in_eval_mode():
-    model = _model("rskp", warmup_epoch=2)
-    batch = _batch(lengths=(6, 17))  # labels: class 0, classes {1, 2}; class 3 has no video
+@pytest.mark.parametrize("name, epoch_key, slots", [("rskp", "warmup_epoch", 5), ("issf", "memory_init_epoch", 9)])
+def test_memory_initialised_at_the_end_of_its_epoch_in_eval_mode(name, epoch_key, slots):
+    model = _model(name, **{epoch_key: 2})
+    batch = _batch(lengths=(24, 30))  # labels: class 0, classes {1, 2}; class 3 has no video
     calls = []
 
     def batches():
@@ -224,10 +225,10 @@ def test_rskp_memory_initialised_at_end_of_warmup_in_eval_mode():
     model.on_epoch_end(2, batches)
     assert calls == [False] and model.training
     filled = (model.memory_scores > 0).sum(dim=1)
-    assert filled.tolist() == [5, 5, 5, 0]  # 8 bases per video fill the 5 slots of its classes
+    assert filled.tolist() == [slots, slots, slots, 0]  # every video has enough candidates for its classes
     state = model.state_dict()
     assert "memory" in state and "memory_scores" in state
-    again = _model("rskp", warmup_epoch=2)
+    again = _model(name, **{epoch_key: 2})
     again.on_epoch_end(2, lambda: iter([batch]))
     torch.testing.assert_close(again.memory, model.memory, atol=0, rtol=0)
 
@@ -286,7 +287,7 @@ def test_output_shapes_and_ranges(name):
 @pytest.mark.parametrize("name", DETECTION_MODEL_NAMES)
 def test_gradients_reach_every_parameter(name):
     model = _model(name).train()
-    if name == "rskp":
+    if name in ("rskp", "issf"):  # a filled memory: the memory branch runs
         model.memory.normal_()
     if name == "vlp":  # its zero-initialised output layer passes no gradient to the convolution at first
         torch.nn.init.normal_(model.out.weight)
@@ -304,7 +305,7 @@ def test_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("case", ["T=1", "zeros"])
 def test_no_nan_for_single_snippet_and_all_zero_features(name, case):
     model = _model(name).train()
-    if name == "rskp":
+    if name in ("rskp", "issf"):  # a filled memory: the memory branch runs
         model.memory.normal_()
     if case == "T=1":
         batch = _batch(lengths=(1, 1))

@@ -10,6 +10,7 @@ from wtal.models.base import ModelContext
 from wtal.models.basnet import BaSNet
 from wtal.models.cpl import CPLModel
 from wtal.models.facnet import FACNet
+from wtal.models.issf import ISSF
 from wtal.models.mil import MILModel
 from wtal.models.mmsd import MMSD
 from wtal.models.recipes import parse_hyperparameters
@@ -27,6 +28,7 @@ DETECTION_MODELS: dict[str, type[nn.Module]] = {  # action localization (wtal.mo
     "mil": MILModel,
     "mmsd": MMSD,
     "vlp": VLPBranch,
+    "issf": ISSF,
 }
 GROUNDING_MODELS: dict[str, type[nn.Module]] = {  # sentence grounding (wtal.tasks.grounding)
     "cpl": CPLModel,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from wtal.models.masked import l2_normalize, masked_sum
+from wtal.models.losses import logits_normalized_cross_entropy
+from wtal.models.masked import l2_normalize, masked_fill_zero, masked_sum
 
 
 @dataclass
@@ -22,6 +24,14 @@ class BranchOutput:
     @property
     def p_ca(self) -> torch.Tensor:
         return torch.softmax(self.ca_logits, dim=-1)
+
+
+def xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
+    """``nn.Linear`` with xavier-uniform weights and zero bias (the RSKP family's ``weights_init_random``)."""
+    layer = nn.Linear(in_dim, out_dim)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 class CosinePredictionHead(nn.Module):
@@ -56,3 +66,28 @@ class CosinePredictionHead(nn.Module):
         ca_logits = self.scale * l2_normalize(pooled_ca) @ centers.T
         cw_logits = self.scale * (l2_normalize(pooled_cw) * centers).sum(dim=-1)
         return BranchOutput(ca_logits, cw_logits, attention, logits)
+
+
+def video_losses(branch: BranchOutput, y_fore: torch.Tensor, y_back: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A branch's ``(L_fore, L_back)`` per video: normalised CE of ``p_ca`` against ``[y, 0]`` and of ``p_cw``
+    against ``[y, 1]`` (the RSKP head's two video-level losses)."""
+    return (logits_normalized_cross_entropy(branch.ca_logits, y_fore),
+            logits_normalized_cross_entropy(branch.cw_logits, y_back))
+
+
+def mixed_video_scores(branches: Sequence[tuple[float, BranchOutput]], num_classes: int) -> torch.Tensor:
+    """``sum_i w_i p_ca(branch_i)`` over the action classes, ``(B, C)`` (the RSKP / ISSF test video score)."""
+    mixed = sum(weight * branch.p_ca for weight, branch in branches)
+    return mixed[:, :num_classes]
+
+
+def mixed_cas(branches: Sequence[tuple[float, BranchOutput]], num_classes: int, attention: torch.Tensor | None,
+              mask: torch.Tensor) -> torch.Tensor:
+    """``sum_i w_i softmax(S_i)`` over the action classes, times ``attention (B, T)`` when given; padded
+    snippets 0 (the RSKP / ISSF test CAS)."""
+    cas = sum(weight * torch.softmax(branch.logits, dim=-1) for weight, branch in branches)
+    cas = cas[..., :num_classes]
+    if attention is not None:
+        cas = cas * attention.unsqueeze(-1)
+    return masked_fill_zero(cas, mask)

@@ -24,6 +24,11 @@ def normalized_cross_entropy(log_probs: torch.Tensor, target: torch.Tensor) -> t
     return -(weights * log_probs).sum(dim=1)
 
 
+def logits_normalized_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`normalized_cross_entropy` of ``softmax(logits)`` over the last axis."""
+    return normalized_cross_entropy(torch.log_softmax(logits, dim=-1), target)
+
+
 def binary_cross_entropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``torch.nn.BCELoss`` per video: mean over columns, logs clamped at -100 as torch does."""
     log_p = torch.log(probs).clamp(min=-100.0)

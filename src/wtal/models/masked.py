@@ -110,3 +110,23 @@ def masked_conv1d(conv: torch.nn.Conv1d, x: torch.Tensor, mask: torch.Tensor) ->
     zero border it sees alone, at every layer.
     """
     return conv(masked_fill_zero(x, mask).transpose(1, 2)).transpose(1, 2)
+
+
+def packed_indices(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions of the True entries of every row of ``selected (B, N)``, in ascending order, packed left.
+
+    Returns ``indices (B, W)`` and ``valid (B, W)`` with ``W = max(max_b count_b, 1)``; a row's slots past
+    its count hold index 0 (or another unselected position) and are False in ``valid``. The stable sort
+    keeps the ascending order that ``np.where`` / ``torch.nonzero`` give one row at a time.
+    """
+    counts = selected.sum(dim=1)
+    width = max(int(counts.max().item()) if selected.numel() else 0, 1)
+    order = torch.sort((~selected).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=selected.device).unsqueeze(0) < counts.unsqueeze(1)
+    return order, valid
+
+
+def gather_rows(x: torch.Tensor, indices: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``x[b, indices[b, k]]`` for ``x (B, N, D)`` and ``indices (B, W)`` -> ``(B, W, D)``, 0 where not ``valid``."""
+    rows = torch.gather(x, 1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return masked_fill_zero(rows, valid)

@@ -21,13 +21,16 @@ from torch import nn
 
 from wtal.data.batch import Batch
 from wtal.models.base import ModelContext, ModelOutput, StreamModel
-from wtal.models.heads import BranchOutput, CosinePredictionHead
-from wtal.models.losses import (
-    attention_contrast,
-    normalized_cross_entropy,
-    softened_cross_entropy,
-    with_background,
+from wtal.models.class_memory import fill_from_training_set, merge_top_scored, read_class_memory
+from wtal.models.heads import (
+    BranchOutput,
+    CosinePredictionHead,
+    mixed_cas,
+    mixed_video_scores,
+    video_losses,
+    xavier_linear,
 )
+from wtal.models.losses import attention_contrast, softened_cross_entropy, with_background
 from wtal.models.masked import l2_normalize, masked_fill_zero
 from wtal.models.recipes import parse_hyperparameters
 from wtal.ranges import BELOW_ONE, COUNT, DIVISOR, INDEX, NON_NEGATIVE, POSITIVE, UNIT, in_range
@@ -117,9 +120,7 @@ class RSKP(StreamModel):
         self.bases = nn.Parameter(torch.randn(hp.num_bases, dim))
         nn.init.xavier_uniform_(self.bases)
         self.head = CosinePredictionHead(dim, num_classes, hp.scale)
-        self.embedding = nn.Linear(input_dim, dim)
-        nn.init.xavier_uniform_(self.embedding.weight)
-        nn.init.zeros_(self.embedding.bias)
+        self.embedding = xavier_linear(input_dim, dim)
         self.dropout = nn.Dropout(hp.dropout)
         self.register_buffer("memory", torch.zeros(num_classes, hp.memory_slots, dim))
         self.register_buffer("memory_scores", torch.zeros(num_classes, hp.memory_slots))
@@ -142,23 +143,14 @@ class RSKP(StreamModel):
         o, m = self.head(x, mask), self.head(x_prop, mask)
         mu_pred = torch.softmax(self.head.class_logits(mu), dim=-1)  # (B, K, C+1)
         wo, wm = self.hp.test_video_weights
-        video = (wo * o.p_ca + wm * m.p_ca)[:, : self.num_classes]
+        video = mixed_video_scores([(wo, o), (wm, m)], self.num_classes)
         return ModelOutput(video_scores=video, cas_logits=o.logits, attention=o.attention,
                            extras={"o": o, "m": m, "x": x, "mu": mu, "mu_pred": mu_pred})
 
     # -------------------------------------------------------------------------------------------- memory
     def read_memory(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored bases of each video's positive classes, padded: ``(B, slots * max|cls|, D)`` and a mask."""
-        slots = self.hp.memory_slots
-        positive = labels > 0.5
-        counts = positive.sum(dim=1)
-        width = max(int(counts.max().item()), 1)
-        # class indices in ascending order (as np.where), padded with class 0 and masked out
-        order = torch.sort((~positive).to(torch.int8), dim=1, stable=True).indices[:, :width]
-        valid = torch.arange(width, device=labels.device).unsqueeze(0) < counts.unsqueeze(1)
-        bases = self.memory[order]  # (B, width, slots, D)
-        base_mask = valid.unsqueeze(-1).expand(-1, -1, slots)
-        return bases.reshape(labels.shape[0], width * slots, -1), base_mask.reshape(labels.shape[0], -1)
+        return read_class_memory(self.memory, labels)
 
     @torch.no_grad()
     def update_memory(self, mu: torch.Tensor, mu_pred: torch.Tensor, labels: torch.Tensor) -> None:
@@ -167,19 +159,12 @@ class RSKP(StreamModel):
         ``mu (B, K, D)``, ``mu_pred (B, K, C+1)``; class c scores the new bases by ``mu_pred[:, :, c]``.
         Stored scores are never refreshed. The sort is stable, so on ties stored entries stay first.
         """
-        slots = self.hp.memory_slots
         for b in range(mu.shape[0]):
             classes = torch.nonzero(labels[b] > 0.5).flatten()
             if classes.numel() == 0:
                 continue
-            scores = torch.cat([self.memory_scores[classes], mu_pred[b][:, classes].T.to(self.memory.dtype)],
-                               dim=1)  # (n, slots + K)
-            entries = torch.cat([self.memory[classes],
-                                 mu[b].to(self.memory.dtype).unsqueeze(0).expand(classes.numel(), -1, -1)],
-                                dim=1)
-            top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :slots]
-            self.memory_scores[classes] = torch.gather(scores, 1, top)
-            self.memory[classes] = torch.gather(entries, 1, top.unsqueeze(-1).expand(-1, -1, entries.shape[-1]))
+            self.memory[classes], self.memory_scores[classes] = merge_top_scored(
+                self.memory[classes], self.memory_scores[classes], mu[b], mu_pred[b][:, classes].T)
 
     def defer_state_updates(self) -> None:
         self._queued = []
@@ -204,15 +189,8 @@ class RSKP(StreamModel):
         """At the end of ``warmup_epoch``: eval-mode pass over the unshuffled training set fills the memory."""
         if epoch != self.hp.warmup_epoch:
             return
-        was_training = self.training
-        self.eval()
-        device = self.memory.device
-        with torch.no_grad():
-            for batch in train_batches():
-                batch = batch.to(device)
-                out = self(batch)
-                self.update_memory(out.extras["mu"], out.extras["mu_pred"], batch.labels)
-        self.train(was_training)
+        fill_from_training_set(self, train_batches, lambda out, batch: self.update_memory(
+            out.extras["mu"], out.extras["mu_pred"], batch.labels), self.memory.device)
 
     # -------------------------------------------------------------------------------------------- losses
     def spl_weight(self, epoch: int) -> float:
@@ -238,19 +216,17 @@ class RSKP(StreamModel):
         o: BranchOutput = out.extras["o"]
         m: BranchOutput = out.extras["m"]
         y_fore, y_back = with_background(labels, 0.0), with_background(labels, 1.0)
-
-        def nce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return normalized_cross_entropy(torch.log_softmax(logits, dim=-1), target)
-
-        fore = nce(o.ca_logits, y_fore) + nce(m.ca_logits, y_fore)
-        back = nce(o.cw_logits, y_back) + nce(m.cw_logits, y_back)
+        fore_o, back_o = video_losses(o, y_fore, y_back)
+        fore_m, back_m = video_losses(m, y_fore, y_back)
+        fore, back = fore_o + fore_m, back_o + back_m
         att = attention_contrast(o.attention, mask, hp.att_topk_ratio)
         target = m.logits
         if epoch > hp.warmup_epoch:
             r = self.memory_branch(out, labels, mask)
             has_memory = (labels > 0.5).any(dim=1).to(fore.dtype)
-            fore = fore + hp.memory_branch_weight * has_memory * nce(r.ca_logits, y_fore)
-            back = back + hp.memory_branch_weight * has_memory * nce(r.cw_logits, y_back)
+            fore_r, back_r = video_losses(r, y_fore, y_back)
+            fore = fore + hp.memory_branch_weight * has_memory * fore_r
+            back = back + hp.memory_branch_weight * has_memory * back_r
             mixed = hp.memory_target_weight * r.logits + (1.0 - hp.memory_target_weight) * m.logits
             target = torch.where(has_memory.bool()[:, None, None], mixed, m.logits)
             if self.training:
@@ -276,11 +252,8 @@ class RSKP(StreamModel):
         o: BranchOutput = out.extras["o"]
         m: BranchOutput = out.extras["m"]
         wo, wm = self.hp.test_cas_weights
-        cas = (wo * torch.softmax(o.logits, dim=-1) + wm * torch.softmax(m.logits, dim=-1))
-        cas = cas[..., : self.num_classes]
-        if self.hp.test_attention:
-            cas = cas * o.attention.unsqueeze(-1)
-        return masked_fill_zero(cas, mask), out.video_scores
+        attention = o.attention if self.hp.test_attention else None
+        return mixed_cas([(wo, o), (wm, m)], self.num_classes, attention, mask), out.video_scores
 
     def distill_logits(self, out: ModelOutput) -> list[tuple[float, torch.Tensor]]:
         wo, wm = self.hp.distill_weights
