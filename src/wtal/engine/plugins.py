@@ -30,6 +30,7 @@ from wtal.errors import WtalInputError
 
 PLUGIN_FACTORIES: dict[str, str] = {
     "gaufuse": "wtal.pseudo.plugin:build_gaufuse_plugin",
+    "activation_distill": "wtal.pseudo.activation:build_activation_distill_plugin",
 }
 
 

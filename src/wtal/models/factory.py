@@ -9,6 +9,7 @@ from wtal.models.base import ModelContext
 from wtal.models.basnet import BaSNet
 from wtal.models.facnet import FACNet
 from wtal.models.mil import MILModel
+from wtal.models.mutual import MutualLearning
 from wtal.models.recipes import parse_hyperparameters
 from wtal.models.rskp import RSKP
 from wtal.models.stpn import STPN
@@ -21,6 +22,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "wum": WUM,
     "facnet": FACNet,
     "mil": MILModel,
+    "mutual": MutualLearning,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
 
@@ -35,8 +37,14 @@ def model_class(name: str) -> type[nn.Module]:
 
 def check_hyperparameters(name: str, params: dict) -> None:
     """Raise :class:`WtalInputError` for an unknown model, an unknown hyperparameter or a value out of range
-    (before any data is read or model built)."""
-    parse_hyperparameters(model_class(name).hyperparameters, name, params)
+    (before any data is read or model built). A composite model (``mutual``) checks its own keys and its base
+    model's with its ``check_params``."""
+    cls = model_class(name)
+    checker = getattr(cls, "check_params", None)
+    if checker is not None:
+        checker(params)
+    else:
+        parse_hyperparameters(cls.hyperparameters, name, params)
 
 
 def build_model(name: str, context: ModelContext, **params) -> nn.Module:
