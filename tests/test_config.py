@@ -40,7 +40,7 @@ def test_shipped_configs_are_complete_or_extend_a_complete_base_and_are_valid(pa
     else:
         assert complete <= set(raw), "a config without extends is complete"
     cfg = resolve_config(path)
-    assert cfg.model.name in ("rskp", "stpn", "basnet", "wum", "facnet", "mil")
+    assert cfg.model.name in ("rskp", "stpn", "basnet", "wum", "facnet", "mil", "mutual")
     # the model accepts every listed hyper-parameter, and the postprocess section builds a LocalizeConfig
     from helpers import joint_context
 

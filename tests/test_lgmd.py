@@ -415,3 +415,29 @@ def test_student_of_an_incompatible_teacher_run_stops_with_a_clear_error(lgmd_ru
 def test_student_without_a_teacher_run_says_how_to_name_one(lgmd_runs, tmp_path, capsys):
     assert _train("lgmd_student_rskp", lgmd_runs["data"], tmp_path / "s") == 2
     assert "--set teacher.run=RUN" in capsys.readouterr().err
+
+
+def test_student_resumed_after_a_kill_trains_as_if_uninterrupted(lgmd_runs, tmp_path):
+    from wtal.engine.trainer import Trainer
+
+    cfg = resolve_config("lgmd_student_rskp", epochs=3, seed=0, data_path=lgmd_runs["data"],
+                         overrides=[*TEACHER_SETS, "train.num_threads=1", f"teacher.run={lgmd_runs['teacher']}"])
+    Trainer(cfg, tmp_path / "straight", device="cpu").fit()
+    killed = Trainer(cfg, tmp_path / "killed", device="cpu")
+    train_epoch = killed.train_epoch
+
+    def interrupted(epoch: int):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return train_epoch(epoch)
+
+    killed.train_epoch = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = Trainer(cfg, tmp_path / "killed", device="cpu")
+    resumed.fit(resume=True)
+    assert resumed.plugins[1].weight_factor == killed.plugins[1].weight_factor  # kept, not re-measured
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
