@@ -7,7 +7,8 @@ the RGB-to-teacher gap each student closes, and each run's training cost.
 Tables (``--tables``):
 
 * ``main``: RSKP on RGB alone, on flow alone, on both (``rskp.yaml``); the two-branch teacher without and
-  with mutual learning (``lgmd_teacher_rskp.yaml``, ``mutual_weight`` 0 / as shipped); the RGB student with
+  with mutual learning (``lgmd_teacher_rskp.yaml``, ``mutual_weight`` 0 / as shipped), each also evaluated
+  branch by branch (one stream's branch alone, no training of its own); the RGB student with
   local distillation only (``plugins=[]``), global only (``pseudo=null``) and both (``lgmd_student_rskp.yaml``).
 * ``design``: the choices made where the method's description is silent, one change each against the shipped
   configs (mutual temperature and axis, the global term's classes and balance, the local labels' start,
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablate_gaufuse as shared  # noqa: E402  (the GauFuse ablation's metrics and table helpers)
@@ -64,6 +66,7 @@ class Variant:
 class Line:
     label: str
     variant: Variant
+    branch: str | None = None  # evaluate only this stream branch of the variant's (mutual) model
 
 
 NO_LOCAL = ("pseudo=null",)
@@ -78,7 +81,13 @@ def main_rows() -> list[Line]:
         Line("RSKP, RGB+flow (two-stream)", Variant("rskp", "rskp.yaml")),
         Line("two branches, no mutual learning (fused at test)",
              Variant("lgmd_teacher_nomutual", "lgmd_teacher_rskp.yaml", ("model.params.mutual_weight=0",))),
+        Line("  its RGB branch alone (RGB at test)", Variant("lgmd_teacher_nomutual", "lgmd_teacher_rskp.yaml",
+                                                             ("model.params.mutual_weight=0",)), "rgb"),
+        Line("  its flow branch alone (flow at test)", Variant("lgmd_teacher_nomutual", "lgmd_teacher_rskp.yaml",
+                                                               ("model.params.mutual_weight=0",)), "flow"),
         Line("teacher: mutual learning", teacher),
+        Line("  its RGB branch alone (RGB at test)", teacher, "rgb"),
+        Line("  its flow branch alone (flow at test)", teacher, "flow"),
         Line("RGB student, local only", Variant("lgmd_student_local", "lgmd_student_rskp.yaml", NO_GLOBAL,
                                                 teacher.name)),
         Line("RGB student, global only", Variant("lgmd_student_global", "lgmd_student_rskp.yaml", NO_LOCAL,
@@ -238,15 +247,39 @@ def train_all(variants: list[Variant], args: argparse.Namespace) -> list[str]:
 # ---------------------------------------------------------------------------------------------- results
 
 
+def branch_metrics(run: Path, branch: str) -> dict[str, float]:
+    """Test metrics of one stream branch of the run's mutual model, alone, with the run's test recipe (its
+    selected checkpoint; cached in RUN/test_time/branch-<stream>.json)."""
+    cache = run / "test_time" / f"branch-{branch}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))["metrics"]
+    from wtal.engine.predict import load_run
+
+    loaded = load_run(run, "cpu")
+    result = loaded.task.evaluate(loaded.model.branches[branch], loaded.data.split("test"), loaded.cfg,
+                                  torch.device("cpu"))
+    metrics = shared.report_metrics(result.summary())
+    write_json_atomic(cache, {"branch": branch, "metrics": metrics}, indent=1)
+    return metrics
+
+
 def summarize(line: Line, seeds: list[int], out: Path) -> dict:
     row = shared.Row(line.label, line.variant.name, line.variant.config, line.variant.overrides)
-    summary = shared.summarize(row, seeds, out)
+    if line.branch is None:
+        summary = shared.summarize(row, seeds, out)
+    else:
+        finished = [s for s in seeds if (run_folder(out, line.variant.name, s) / "report.json").is_file()]
+        per_seed = {s: branch_metrics(run_folder(out, line.variant.name, s), line.branch) for s in finished}
+        summary = {"label": line.label, "variant": line.variant.name, "test": f"branch {line.branch}",
+                   "baseline": None, **shared.seed_statistics(per_seed)}
     costs = [json.loads((run_folder(out, line.variant.name, s) / "cost.json").read_text(encoding="utf-8"))
              for s in summary["seeds"] if (run_folder(out, line.variant.name, s) / "cost.json").is_file()]
     summary["cost"] = {k: float(np.mean([c[k] for c in costs])) for k in ("cpu_s", "wall_s", "max_rss_mib")
                        } if costs else None
     summary["config"], summary["overrides"] = line.variant.config, list(line.variant.overrides)
-    summary["teacher"] = line.variant.teacher
+    summary["teacher"], summary["branch"] = line.variant.teacher, line.branch
+    if line.branch is not None:
+        summary["cost"] = None  # no training of its own
     return summary
 
 
@@ -277,7 +310,7 @@ def cost_table(rows: list[dict]) -> str:
 
 def results(tables: dict[str, list[Line]], seeds: list[int], out: Path) -> dict:
     summaries = {key: [summarize(line, seeds, out) for line in lines] for key, lines in tables.items()}
-    by_variant = {r["variant"]: r for rows in summaries.values() for r in rows}
+    by_variant = {r["variant"]: r for rows in summaries.values() for r in rows if r["branch"] is None}
     rgb, teacher = by_variant.get("rskp_rgb"), by_variant.get("lgmd_teacher")
     for rows in summaries.values():
         for r in rows:

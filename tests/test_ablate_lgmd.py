@@ -10,12 +10,15 @@ import logging
 import math
 
 import pytest
+import torch
 import yaml
 from helpers import load_benchmark
 from test_engine_data import write_tiny
 
 from wtal.cli import main as wtal_main
 from wtal.engine.config import load_config_tree, resolve_config
+from wtal.models import build_model
+from wtal.models.mutual import OWN_KEYS
 
 ablate = load_benchmark("ablate_lgmd")
 EPOCHS = 40
@@ -120,7 +123,8 @@ def test_script_trains_the_rows_and_tabulates_them(ablation):
     assert [r["label"] for r in rows] == [line.label for line in ablate.main_rows()]
     for r in rows:
         assert r["n"] == 1 and all(math.isfinite(v) for v in r["mean"].values())
-        assert (r["cost"] is None) == (r["variant"] == "rskp")  # reused runs were not measured here
+        # reused runs were not measured here, and branch rows evaluate a trained run again
+        assert (r["cost"] is None) == (r["variant"] == "rskp" or r["branch"] is not None)
         if r["cost"] is not None:
             assert r["cost"]["cpu_s"] > 0 and r["cost"]["max_rss_mib"] > 50
         assert (r["gap_closed"] is not None) == (r["teacher"] is not None)
@@ -129,6 +133,24 @@ def test_script_trains_the_rows_and_tabulates_them(ablation):
     student = yaml.safe_load((out / "lgmd_student" / "seed0" / "config.yaml").read_text(encoding="utf-8"))
     assert student["teacher"]["run"] == str(out / "lgmd_teacher" / "seed0")
     assert "RGB student, local + global: closes" in ablation["stdout"]
+
+
+def test_a_branch_row_is_the_branch_evaluated_alone(ablation):
+    from wtal.engine.predict import load_run
+
+    rows = {(r["variant"], r["branch"]): r for r in ablation["result"]["tables"]["main"]}
+    run = ablation["root"] / "out" / "runs" / "lgmd_teacher" / "seed0"
+    loaded = load_run(run, "cpu")
+    params = {k: v for k, v in loaded.cfg.model.params.items() if k not in OWN_KEYS}
+    for stream in ("rgb", "flow"):
+        # a standalone RSKP on that stream alone, given the branch's weights, has the row's test metrics
+        alone = build_model("rskp", loaded.task.model_context(loaded.data, [stream]), **params).eval()
+        alone.load_state_dict(loaded.model.branches[stream].state_dict())
+        result = loaded.task.evaluate(alone, loaded.data.split("test"), loaded.cfg, torch.device("cpu"))
+        assert rows[("lgmd_teacher", stream)]["mean"]["AVG(0.1:0.7)"] == pytest.approx(
+            result.summary()["averages"]["AVG(0.1:0.7)"], abs=1e-9)
+    fused = rows[("lgmd_teacher", None)]["mean"]
+    assert fused != rows[("lgmd_teacher", "rgb")]["mean"]
 
 
 def test_a_reused_run_of_another_recipe_is_refused(ablation, tmp_path):
