@@ -11,8 +11,8 @@ Tables (``--tables``):
   branch by branch (one stream's branch alone, no training of its own); the RGB student with
   local distillation only (``plugins=[]``), global only (``pseudo=null``) and both (``lgmd_student_rskp.yaml``).
 * ``design``: the choices made where the method's description is silent, one change each against the shipped
-  configs (mutual temperature and axis, the global term's classes and balance, the local labels' start,
-  and a student taught by the plain two-stream RSKP instead of the mutual teacher).
+  configs (mutual temperature and axis, the teacher's learning rate, the global term's classes and balance,
+  the distillation's start, and a student taught by the plain two-stream RSKP instead of the mutual teacher).
 
 Every row is a shipped config plus ``--set`` overrides. A student row names its teacher variant; its run of
 seed ``s`` gets ``--set teacher.run=OUTDIR/runs/TEACHER/seed<s>``, which is trained first. Runs train one
@@ -100,6 +100,12 @@ def main_rows() -> list[Line]:
 PAPER_LABEL_START = 200 / 350
 
 
+def single_stream_lr(epochs: int) -> float:
+    """The teacher's configured rate (at ``epochs``) times sqrt 2: the width rule then gives each 128-d-of-256
+    branch the rate a model on its one stream gets (the rule sees the teacher's two streams as one width)."""
+    return resolve_config(CONFIG_DIR / "lgmd_teacher_rskp.yaml", epochs=epochs).optim.lr * 2 ** 0.5
+
+
 def design_rows(epochs: int) -> list[Line]:
     teacher = "lgmd_teacher"
     student = "lgmd_student_rskp.yaml"
@@ -109,6 +115,8 @@ def design_rows(epochs: int) -> list[Line]:
              Variant("lgmd_teacher_t1", "lgmd_teacher_rskp.yaml", ("model.params.mutual_temperature=1",))),
         Line("teacher: mutual maps over time (shipped: over classes)",
              Variant("lgmd_teacher_time", "lgmd_teacher_rskp.yaml", ("model.params.mutual_axis=time",))),
+        Line("teacher: learning rate x sqrt 2, a one-stream model's (shipped: the two-stream model's)",
+             Variant("lgmd_teacher_lr", "lgmd_teacher_rskp.yaml", (f"optim.lr={single_stream_lr(epochs)!r}",))),
         Line("student: global term over all classes (shipped: the video's classes)",
              Variant("lgmd_student_allclasses", student, ("plugins.0.classes=all",), teacher)),
         Line("student: global term weight 1, no balance (shipped: balanced)",
