@@ -185,10 +185,15 @@ def summarize(row: Row, seeds: list[int], out: Path) -> dict:
             metrics = None if base is None else {k: v - base[k] for k, v in metrics.items() if k in base}
         if metrics is not None:
             per_seed[seed] = metrics
+    return {"label": row.label, "variant": row.variant, "test": row.test[0] if row.test else None,
+            "baseline": row.baseline, **seed_statistics(per_seed)}
+
+
+def seed_statistics(per_seed: dict[int, dict[str, float]]) -> dict:
+    """``n``, ``seeds``, per-column ``mean`` and sample ``std`` (None for one seed), and ``per_seed``."""
     columns = list(next(iter(per_seed.values()), {}))
     values = {k: np.array([m[k] for m in per_seed.values()]) for k in columns}
-    return {"label": row.label, "variant": row.variant, "test": row.test[0] if row.test else None,
-            "baseline": row.baseline, "n": len(per_seed), "seeds": sorted(per_seed),
+    return {"n": len(per_seed), "seeds": sorted(per_seed),
             "mean": {k: float(v.mean()) for k, v in values.items()},
             "std": {k: float(v.std(ddof=1)) if len(v) > 1 else None for k, v in values.items()},
             "per_seed": {str(s): m for s, m in per_seed.items()}}

@@ -25,12 +25,20 @@ CONFIGS = REPO / "configs"
 GOLDEN_FILE = Path(__file__).resolve().parent / "data" / "golden_runs.json"
 CLIP_GOLDEN_FILE = Path(__file__).resolve().parent / "data" / "golden_runs_clip.json"
 CLIP_DIM = 16
+STUDENT_GOLDEN_FILE = Path(__file__).resolve().parent / "data" / "golden_student_runs.json"
 EPOCHS = 6
 SEED = 0
 
+#: Shipped student configs -> the shipped config of their teacher run. A student cannot train alone (it names
+#: its teacher with --set teacher.run=RUN), so it is left out of the record of self-contained configs and has
+#: its own record (STUDENT_GOLDEN_FILE): the teacher config's short run, then the student's short run taught
+#: by it.
+STUDENT_CONFIGS = {"lgmd_student_rskp": "lgmd_teacher_rskp"}
+
 
 def _detection_config_streams() -> dict[str, set[str]]:
-    """Every shipped detection config (a `detection` task or no task key) -> the streams its run loads."""
+    """Every shipped self-contained detection config (a `detection` task or no task key, students of a teacher
+    run excepted: see :data:`STUDENT_CONFIGS`) -> the streams its run loads."""
     import yaml
 
     from wtal.engine.config import resolve_config
@@ -39,7 +47,7 @@ def _detection_config_streams() -> dict[str, set[str]]:
     out = {}
     for path in sorted(CONFIGS.glob("*.yaml")):
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if raw.get("task", "detection") == "detection":
+        if raw.get("task", "detection") == "detection" and path.stem not in STUDENT_CONFIGS:
             out[path.stem] = set(run_streams(resolve_config(path)))
     return out
 
@@ -61,8 +69,9 @@ def write_data(folder: Path, clip: bool = False) -> Path:
     return write_tiny(folder, **({"clip_dim": CLIP_DIM} if clip else {}))["wtalc"]
 
 
-def run_config(name: str, data: Path, out: Path) -> dict:
-    """Train ``configs/<name>.yaml`` on ``data`` and return its per-epoch losses and final metrics."""
+def run_config(name: str, data: Path, out: Path, extra: tuple[str, ...] = ()) -> dict:
+    """Train ``configs/<name>.yaml`` on ``data`` (``extra``: more ``--set`` overrides) and return its
+    per-epoch losses and final metrics."""
     import torch
 
     from wtal.engine.config import resolve_config
@@ -70,7 +79,7 @@ def run_config(name: str, data: Path, out: Path) -> dict:
 
     torch.set_num_threads(1)
     cfg = resolve_config(CONFIGS / f"{name}.yaml", epochs=EPOCHS, seed=SEED, data_path=data,
-                         overrides=["train.progress=false", "train.eval_every=1", "train.num_threads=1"])
+                         overrides=["train.progress=false", "train.eval_every=1", "train.num_threads=1", *extra])
     report = Trainer(cfg, out, device="cpu").fit()
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"losses": [e["loss"] for e in epochs],
@@ -87,14 +96,29 @@ def record_all(names: list[str] | None = None, clip: bool = False) -> dict[str, 
         return {name: run_config(name, data, tmp / name) for name in chosen}
 
 
+def record_students(names: list[str] | None = None) -> dict[str, dict]:
+    """Short runs of student configs, each taught by its teacher config's short run on the same data."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = write_data(tmp / "data")
+        records = {}
+        for name in names or sorted(STUDENT_CONFIGS):
+            teacher = tmp / f"teacher-of-{name}"
+            run_config(STUDENT_CONFIGS[name], data, teacher)
+            records[name] = run_config(name, data, tmp / name, (f"teacher.run={teacher}",))
+        return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help=f"re-record {GOLDEN_FILE.name}")
     parser.add_argument("--clip", action="store_true", help=f"the configs with a clip stream ({CLIP_GOLDEN_FILE.name})")
+    parser.add_argument("--students", action="store_true",
+                        help=f"record the student configs instead (their file: {STUDENT_GOLDEN_FILE.name})")
     parser.add_argument("--out", default=None, help="write the records to this file instead")
     args = parser.parse_args()
-    records = record_all(clip=args.clip)
-    golden = CLIP_GOLDEN_FILE if args.clip else GOLDEN_FILE
+    records = record_students() if args.students else record_all(clip=args.clip)
+    golden = STUDENT_GOLDEN_FILE if args.students else CLIP_GOLDEN_FILE if args.clip else GOLDEN_FILE
     target = golden if args.write else (Path(args.out) if args.out else None)
     text = json.dumps(records, indent=1, sort_keys=True)
     if target is None:

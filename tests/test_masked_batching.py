@@ -18,7 +18,7 @@ DIM, CLASSES = 32, 4
 LENGTHS = (5, 23, 40)
 NO_DROPOUT = {"rskp": {"dropout": 0.0}, "stpn": {}, "basnet": {"dropout": 0.0}, "wum": {"dropout": 0.0},
               "facnet": {"dropout": 0.0}, "mil": {"dropout": 0.0}, "mmsd": {"dropout": 0.0},
-              "vlp": {"dropout": 0.0}, "issf": {"dropout": 0.0}}
+              "vlp": {"dropout": 0.0}, "issf": {"dropout": 0.0}, "mutual": {"dropout": 0.0}}
 
 
 def _videos(seed: int):

@@ -38,6 +38,7 @@ from wtal.importing import resolve
 PLUGIN_FACTORIES: dict[str, str] = {
     "gaufuse": "wtal.pseudo.plugin:build_gaufuse_plugin",
     "vlp_alternate": "wtal.pseudo.alternate:build_alternate_plugin",
+    "activation_distill": "wtal.pseudo.activation:build_activation_distill_plugin",
 }
 ROLES = ("model", "teacher")
 

@@ -13,6 +13,7 @@ from wtal.models.facnet import FACNet
 from wtal.models.issf import ISSF
 from wtal.models.mil import MILModel
 from wtal.models.mmsd import MMSD
+from wtal.models.mutual import MutualLearning
 from wtal.models.recipes import parse_hyperparameters
 from wtal.models.rskp import RSKP
 from wtal.models.stpn import STPN
@@ -29,6 +30,7 @@ DETECTION_MODELS: dict[str, type[nn.Module]] = {  # action localization (wtal.mo
     "mmsd": MMSD,
     "vlp": VLPBranch,
     "issf": ISSF,
+    "mutual": MutualLearning,
 }
 GROUNDING_MODELS: dict[str, type[nn.Module]] = {  # sentence grounding (wtal.tasks.grounding)
     "cpl": CPLModel,
@@ -46,9 +48,13 @@ def model_class(name: str) -> type[nn.Module]:
 
 def check_hyperparameters(name: str, params: dict) -> None:
     """Raise :class:`WtalInputError` for an unknown model, an unknown hyperparameter or a value out of range
-    (before any data is read or model built)."""
+    (before any data is read or model built). A composite model (``mutual``) checks its own keys and its base
+    model's with its ``check_params``."""
     cls = model_class(name)
-    if hasattr(cls, "hyperparameters"):
+    checker = getattr(cls, "check_params", None)
+    if checker is not None:
+        checker(params)
+    elif hasattr(cls, "hyperparameters"):
         parse_hyperparameters(cls.hyperparameters, name, params)
 
 

@@ -73,3 +73,41 @@ def attention_contrast(attention: torch.Tensor, mask: torch.Tensor, ratio: float
     k = topk_count(mask, ratio)
     return (masked_topk_mean(attention, mask, k, largest=False)
             - masked_topk_mean(attention, mask, k, largest=True))
+
+
+def activation_kl(target: torch.Tensor, student: torch.Tensor, mask: torch.Tensor, temperature: float,
+                  over: str = "classes", columns: torch.Tensor | None = None) -> torch.Tensor:
+    """``tau^2 KL(p_target || p_student)`` between two activation maps ``(B, T, K)`` given as log-scores
+    (logits or log-probabilities), per sample ``(B,)``. The target is detached.
+
+    ``over="classes"``: each real snippet is a distribution over the ``K`` columns, ``softmax_k(s / tau)``;
+    the per-snippet KL is averaged over the video's real snippets (``columns`` must be None).
+    ``over="time"``: each column is a distribution over the video's real snippets, ``softmax_t(s / tau)``;
+    the per-column KL is averaged over the columns selected by ``columns`` (``(B, K)`` bool, all when None),
+    and a sample with no selected column gives 0.
+
+    For log-probabilities ``log p`` the time form compares ``p^(1/tau)`` normalised over time: the
+    distribution of where a class is active, independent of the activation's overall level. The ``tau^2``
+    factor keeps gradient sizes comparable across temperatures (Hinton et al., 2015).
+    """
+    if over not in ("classes", "time"):
+        raise ValueError(f"unknown activation axis {over!r}")
+    target = target.detach() / temperature
+    student = student / temperature
+    real = mask.unsqueeze(-1)
+    if over == "classes":
+        if columns is not None:
+            raise ValueError("columns select distributions over time only")
+        log_p, log_q = F.log_softmax(target, dim=-1), F.log_softmax(student, dim=-1)
+        per_snippet = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+        return masked_mean(per_snippet, mask) * temperature ** 2
+    neg_inf = torch.tensor(float("-inf"), dtype=student.dtype, device=student.device)
+    log_p = F.log_softmax(torch.where(real, target, neg_inf), dim=1)
+    log_q = F.log_softmax(torch.where(real, student, neg_inf), dim=1)
+    # where(), not a product: padded snippets hold -inf - (-inf) = NaN
+    terms = torch.where(real, log_p.exp() * (log_p - log_q), torch.zeros((), dtype=student.dtype,
+                                                                          device=student.device))
+    per_column = terms.sum(dim=1)  # (B, K)
+    chosen = torch.ones_like(per_column, dtype=torch.bool) if columns is None else columns.bool()
+    count = chosen.sum(dim=1).clamp(min=1).to(per_column.dtype)
+    return torch.where(chosen, per_column, torch.zeros_like(per_column)).sum(dim=1) / count * temperature ** 2

@@ -23,9 +23,12 @@ Configured by the run config's ``pseudo`` section, e.g. ``pseudo: {name: gaufuse
 ``localize``               ``{preset, ...}`` overrides of :class:`wtal.localize.LocalizeConfig`
 ``linpro``                 ``{preset, ...}`` overrides of :class:`wtal.pseudo.linpro.LinProConfig`
 ``workers``                processes for post-processing (null: automatic)
-``labels_from``            ``teacher`` (default: the run's teacher when it has one, else the student's own
-                           snapshot) or ``student`` (always the student's snapshot, e.g. when the run's
-                           teacher is another branch trained for something else, as ``vlp_alternate``'s)
+``labels_from``            ``auto`` (default: the run's teacher when it has one, else the student's own
+                           snapshot), ``teacher`` (the run's teacher; a run without one is an error) or
+                           ``student`` (always the student's snapshot, e.g. when the run's teacher is
+                           meant for another plug-in). A frozen teacher (``teacher.run``) gives the
+                           same labels at every generation (eval mode, fixed weights), so Δ targets
+                           would be 0: such a schedule is refused; use one generation and no Δ phase
 ``normalize``              divide every generation by one run-wide scale fixed at the first
                            generation (its 99th percentile of positive labels), so targets live in
                            about [0, 1] whatever the CAS scale of the base model; Δ keeps its meaning
@@ -78,11 +81,12 @@ import torch
 from wtal.data.batch import Batch
 from wtal.errors import WtalInputError
 from wtal.localize.pipeline import LocalizeConfig
+from wtal.pseudo.balance import balanced_weight_factor
 from wtal.pseudo.distill import LossKind, distillation_loss
 from wtal.pseudo.generate import Generation, GenerationConfig, GenerationTimings, generate
 from wtal.pseudo.linpro import LinProConfig, LinProStats
 from wtal.pseudo.schedule import PRESET_EPOCHS, PseudoSchedule, TargetSpec, paper_schedule, reference_schedule
-from wtal.pseudo.teacher import model_device, snapshot_teacher
+from wtal.pseudo.teacher import pad_video_rows
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ PAPER_LOSS_WEIGHT = 10.0
 _SCHEDULE_KEYS = tuple(f.name for f in fields(PseudoSchedule))
 _GENERATION_KEYS = ("source", "class_gate", "background_column", "teacher_dropout", "workers")
 _OTHER_KEYS = ("name", "method", "preset", "loss", "localize", "linpro", "normalize", "loss_balance", "labels_from")
-LABEL_SOURCES = ("teacher", "student")
+LABEL_SOURCES = ("auto", "teacher", "student")
 
 _PRESET_OPTIONS: dict[str, dict[str, Any]] = {
     "paper": dict(loss="bounded", source="localization", class_gate="labels", background_column=False,
@@ -111,6 +115,7 @@ class GauFuseConfig:
     loss: LossKind
     normalize: bool = False
     loss_balance: float | None = None
+    labels_from: str = "auto"  # auto | teacher | student: which model makes the generations
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | None, *, total_epochs: int) -> GauFuseConfig:
@@ -147,8 +152,12 @@ class GauFuseConfig:
             logger.info("pseudo labels use %s instead of Gaussian fusion", localize.method)
         linpro = _sub_config(LinProConfig, cfg.get("linpro"), preset, "linpro")
         generation = GenerationConfig(localize=localize, linpro=linpro, **opts)
+        labels_from = cfg.get("labels_from", "auto")
+        if labels_from not in LABEL_SOURCES:
+            raise WtalInputError(f"unknown pseudo.labels_from {labels_from!r}",
+                                 fix=f"use one of {', '.join(LABEL_SOURCES)}")
         return cls(schedule=schedule, generation=generation, loss=loss, normalize=normalize,
-                   loss_balance=balance)
+                   loss_balance=balance, labels_from=labels_from)
 
 
 def _schedule(preset: str, cfg: dict[str, Any], total_epochs: int) -> PseudoSchedule:
@@ -265,36 +274,15 @@ class GauFusePlugin:
         target = self._batch_targets(spec, batch, ref.shape[1], ref.device, ref.dtype)
         return distillation_loss(branches, target, batch.mask, self.config.loss)
 
-    @torch.no_grad()
     def _balanced_weight_factor(self, model: torch.nn.Module, train_batches: Callable[[], Iterable[Batch]],
                                 epoch: int) -> float:
-        """The factor that makes the weighted distillation term ``loss_balance`` x the base model's loss.
-
-        Both are per-video means over the training set from one pass of an eval-mode snapshot (no dropout,
-        no state updates; the same snapshot rule as the teacher), against the newest generation's raw
-        labels. Falls back to 1.0 (the configured ``loss_weight``), with a warning, when either mean is not
-        positive and finite (e.g. nothing labelled).
-        """
-        probe = snapshot_teacher(model)
+        """The factor that makes the weighted distillation term ``loss_balance`` x the base model's loss,
+        against the newest generation's raw labels (:func:`wtal.pseudo.balance.balanced_weight_factor`)."""
         spec = TargetSpec("raw", len(self.generations) - 1, None, 1.0)
-        base_sum = distill_sum = 0.0
-        videos = 0
-        for batch in train_batches():
-            batch = batch.to(model_device(probe))
-            out = probe(batch)
-            base_sum += float(probe.losses(out, batch, epoch)["total"].sum())
-            distill_sum += float(self._distillation_loss(probe, out, batch, spec).sum())
-            videos += len(batch.names)
-        base, distill = base_sum / max(videos, 1), distill_sum / max(videos, 1)
-        weight = self.schedule.weight(epoch)
-        if not (base > 0 and distill > 0 and weight > 0 and np.isfinite(base / distill)):
-            logger.warning("pseudo.loss_balance: base loss %.4g and distillation loss %.4g per video give no "
-                           "usable balance; using loss_weight %.4g", base, distill, weight)
-            return 1.0
-        factor = self.config.loss_balance * base / (distill * weight)
-        logger.info("pseudo.loss_balance %.3g: base loss %.4g, distillation loss %.4g per video -> weight %.4g",
-                    self.config.loss_balance, base, distill, factor * weight)
-        return float(factor)
+        return balanced_weight_factor(model, train_batches, epoch,
+                                      lambda probe, out, batch: self._distillation_loss(probe, out, batch, spec),
+                                      ratio=self.config.loss_balance, weight=self.schedule.weight(epoch),
+                                      what="pseudo.loss_balance")
 
     # -- targets ---------------------------------------------------------------------------------
     def target_spec(self, epoch: int) -> TargetSpec | None:
@@ -330,11 +318,7 @@ class GauFusePlugin:
                     f"pseudo labels cover {target.shape[0]} snippets but the video has {length}", video=name,
                     fix="resume only with the features the labels were made from")
             rows.append(target)
-        width = rows[0].shape[1]
-        padded = torch.zeros(len(rows), t_max, width, dtype=dtype, device=device)
-        for b, target in enumerate(rows):
-            padded[b, : target.shape[0]] = target
-        return padded
+        return pad_video_rows(rows, t_max)
 
     def _check_width(self, gen: Generation) -> None:
         expected = self.num_classes + (1 if self.config.generation.background_column else 0)
@@ -394,12 +378,26 @@ def _labelled_fraction(labels: dict[str, np.ndarray]) -> float:
 
 def build_gaufuse_plugin(context: Any, **params: Any) -> GauFusePlugin:
     """Factory for :mod:`wtal.engine.plugins` (``pseudo: {name: gaufuse, ...}``). With a teacher in the run
-    (``teacher:``), its scores make the labels instead of the student's snapshot."""
-    labels_from = params.pop("labels_from", "teacher")
-    if labels_from not in LABEL_SOURCES:
-        raise WtalInputError(f"invalid pseudo labels_from {labels_from!r}",
-                             fix=f"use one of {', '.join(LABEL_SOURCES)}")
+    (``teacher:``), its scores make the labels instead of the student's snapshot (``labels_from``)."""
     cfg = GauFuseConfig.from_dict({"name": "gaufuse", **params}, total_epochs=context.epochs)
-    teacher = getattr(context, "teacher", None) if labels_from == "teacher" else None
     return GauFusePlugin(cfg, num_classes=len(context.classes),
-                         teacher=teacher.model if teacher is not None else None)
+                         teacher=label_teacher(cfg, getattr(context, "teacher", None)))
+
+
+def label_teacher(cfg: GauFuseConfig, teacher: Any) -> torch.nn.Module | None:
+    """The model whose generations label the student (None: the student's own snapshot), checked against
+    the schedule. ``teacher`` is the run's :class:`wtal.engine.teacher.Teacher` or None."""
+    if cfg.labels_from == "student":
+        return None
+    if teacher is None:
+        if cfg.labels_from == "teacher":
+            raise WtalInputError("pseudo.labels_from is 'teacher' but the run has no teacher",
+                                 fix="name a trained run with --set teacher.run=RUN (trained on the same data)")
+        return None
+    if not teacher.joint and cfg.schedule.delta_start_epochs:
+        raise WtalInputError(
+            f"pseudo labels from a frozen teacher ({teacher.description}) are the same at every generation, so "
+            f"the Δ targets from epoch {cfg.schedule.delta_start_epochs[0]} on would all be 0",
+            fix="set pseudo.delta_start_epochs: [] and pseudo.delta_scales: [] (one generation is enough), or "
+                "pseudo.labels_from: student")
+    return teacher.model

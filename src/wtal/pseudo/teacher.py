@@ -16,7 +16,7 @@ Two ways to read label scores from a teacher (``source``):
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -110,3 +110,11 @@ def teacher_scores(teacher: torch.nn.Module, train_batches: Callable[[], Iterabl
         for b, name in enumerate(batch.names):
             result[name] = VideoScores(cas_np[b, : int(lengths[b])], video_np[b], labels_np[b])
     return result
+
+
+def pad_video_rows(rows: Sequence[torch.Tensor], t_max: int) -> torch.Tensor:
+    """Per-video ``(T_b, K)`` targets zero-padded along time into one ``(B, t_max, K)`` tensor."""
+    padded = rows[0].new_zeros((len(rows), t_max, rows[0].shape[1]))
+    for b, row in enumerate(rows):
+        padded[b, : row.shape[0]] = row
+    return padded
