@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from wtal.engine.config import from_dict
-from wtal.engine.distributed import init_distributed, shutdown_distributed
+from wtal.engine.distributed import exit_worker, init_distributed, shutdown_distributed
 from wtal.engine.trainer import Trainer
 
 BATCH_SIZES = (1, 2, 3)
@@ -65,5 +65,6 @@ if __name__ == "__main__":
     mode, data_path, out_dir = sys.argv[1:4]
     if mode == "train":
         train(data_path, Path(out_dir))
+        exit_worker(0)  # as `wtal train` ends a worker
     else:
         fail(data_path, float(sys.argv[4]))

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 import yaml
-from helpers import load_benchmark
+from helpers import load_benchmark, run_benchmark_main
 
 from wtal.data.synthetic import SynthConfig, write_synthetic
 from wtal.engine.config import load_run_config, resolve_config
@@ -26,20 +26,13 @@ MODULE_VARIANTS = {"issf-base": (False, False), "issf-refinement": (True, False)
 COLUMNS = ["0.1", "0.3", "0.5", "0.7", "AVG(0.1:0.5)", "AVG(0.3:0.7)", "AVG(0.1:0.7)"]
 
 
-def run_main(argv: list[str]) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = ablate.main(argv)
-    return code, out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory):
     root = tmp_path_factory.mktemp("issf_ablation")
     data = write_synthetic(root / "data", SynthConfig(num_videos=40, dim=32, seed=0))["wtalc"]
     argv = ["--data", str(data), "--out", str(root / "out"), "--epochs", str(EPOCHS), "--seeds", "0",
             "--jobs", "2", "--threads", "1", "--set", "train.select=last"]
-    code, stdout = run_main(argv)
+    code, stdout = run_benchmark_main(ablate, argv)
     assert code == 0, stdout
     result = json.loads((root / "out" / "ablation.json").read_text(encoding="utf-8"))
     return {"argv": argv, "data": data, "root": root, "out": root / "out", "stdout": stdout, "result": result}

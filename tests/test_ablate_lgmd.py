@@ -3,16 +3,13 @@ on a tiny synthetic set (2 epochs, one seed, the main table, the two-stream row 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import math
 
 import pytest
 import torch
 import yaml
-from helpers import load_benchmark
+from helpers import load_benchmark, run_benchmark_main
 from test_engine_data import write_tiny
 
 from wtal.cli import main as wtal_main
@@ -86,19 +83,7 @@ def test_gap_closed_per_seed():
 
 
 def run_script(argv: list[str]) -> tuple[int, str]:
-    logger = logging.getLogger("wtal")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            code = ablate.main(argv)
-    finally:
-        for h in list(logger.handlers):
-            logger.removeHandler(h)
-        for h in saved[0]:
-            logger.addHandler(h)
-        logger.propagate, logger.level = saved[1], saved[2]
-    return code, out.getvalue()
+    return run_benchmark_main(ablate, argv)
 
 
 @pytest.fixture(scope="module")

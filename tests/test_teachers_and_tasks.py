@@ -37,8 +37,13 @@ def teacher_run(tmp_path_factory, folders):
     return tmp / "teacher"
 
 
+#: a frozen teacher labels the same at every generation: one generation, no Δ phase (else a clear error)
+ONE_GENERATION = "delta_start_epochs: [], delta_scales: []}"
+
+
 def test_rgb_student_of_an_rgb_flow_teacher_predicts_without_flow(tmp_path, folders, teacher_run):
-    cfg = tiny_run_yaml(tmp_path / "student.yaml", epochs=4, extra="pseudo: {name: gaufuse, preset: paper}")
+    pseudo = "pseudo: {name: gaufuse, preset: paper, " + ONE_GENERATION
+    cfg = tiny_run_yaml(tmp_path / "student.yaml", epochs=4, extra=pseudo)
     student = tmp_path / "student"
     assert _train(tmp_path, cfg, folders, student, "model.streams=[rgb]", f"teacher.run={teacher_run}") == 0
     log = (student / "train.log").read_text()
@@ -66,7 +71,8 @@ def test_rgb_student_of_an_rgb_flow_teacher_predicts_without_flow(tmp_path, fold
 
 
 def test_the_teacher_run_makes_the_pseudo_labels(tmp_path, folders, teacher_run):
-    cfg = resolve_config(tiny_run_yaml(tmp_path / "s.yaml", epochs=4, extra="pseudo: {name: gaufuse}"),
+    pseudo = "pseudo: {name: gaufuse, " + ONE_GENERATION
+    cfg = resolve_config(tiny_run_yaml(tmp_path / "s.yaml", epochs=4, extra=pseudo),
                          overrides=["model.streams=[rgb]", f"teacher.run={teacher_run}"], data_path=folders)
     trainer = Trainer(cfg, None, device="cpu")
     assert trainer.teacher is not None and not trainer.teacher.joint

@@ -294,7 +294,7 @@ def test_alternate_plugin_without_a_joint_teacher_is_an_error(clip_data):
 def test_gaufuse_labels_from_student_ignores_the_run_teacher():
     from wtal.pseudo.plugin import build_gaufuse_plugin
 
-    context = SimpleNamespace(classes=["a", "b"], epochs=40, teacher=SimpleNamespace(model="VLP"))
+    context = SimpleNamespace(classes=["a", "b"], epochs=40, teacher=SimpleNamespace(model="VLP", joint=True))
     assert build_gaufuse_plugin(context).teacher == "VLP"
     assert build_gaufuse_plugin(context, labels_from="student").teacher is None
     with pytest.raises(WtalInputError, match="labels_from"):

@@ -203,6 +203,16 @@ def _post_processing_options(s: argparse.ArgumentParser, *, temperature: str, pr
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``wtal`` command; its exit code. A worker of a multi-process run ends its process here
+    (:func:`wtal.engine.distributed.exit_worker`)."""
+    code = _run_command(argv)
+    distributed = sys.modules.get("wtal.engine.distributed")  # not imported: no process group (and no torch)
+    if distributed is not None and distributed.joined_process_group():
+        distributed.exit_worker(code)
+    return code
+
+
+def _run_command(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
