@@ -18,7 +18,8 @@ from wtal.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-PAGES = [README, *sorted((REPO / "docs").glob("*.md")), REPO / "src" / "wtal" / "configs" / "README.md"]
+# every page under docs/, the per-method pages in docs/methods/ and docs/results/ included
+PAGES = [README, *sorted((REPO / "docs").rglob("*.md")), REPO / "src" / "wtal" / "configs" / "README.md"]
 README_LIMIT = 8000
 FRESH_MACHINE_COMMANDS = ('pip install "torch==2.13.0" -e . && wtal demo',
                           'pip install "torch==2.13.0" -e ".[dev]" && python -m pytest')
