@@ -52,8 +52,8 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wtal", description="Weakly-supervised temporal action localization.",
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="wtal", formatter_class=HelpFormatter,
+                                description="Weakly-supervised temporal action localization and sentence grounding.")
     p.add_argument("--version", action="version", version=f"wtal {package_version()}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
