@@ -240,7 +240,7 @@ def teacher_run(synthetic, tmp_path_factory) -> Path:
     return run
 
 
-def test_teacher_then_rgb_student_then_predict_reads_rgb_only(synthetic, teacher_run, tmp_path):
+def test_teacher_then_rgb_student_then_predict_reads_rgb_only(synthetic, teacher_run, tmp_path, capsys):
     report = json.loads((teacher_run / "report.json").read_text())
     assert report["task"] == "grounding" and 0 <= report["test"]["mIoU"] <= 100
     student = tmp_path / "student"
@@ -263,9 +263,15 @@ def test_teacher_then_rgb_student_then_predict_reads_rgb_only(synthetic, teacher
         assert main(["predict", "--run", str(student), "--data", str(folder), "--out", str(out),
                      "--device", "cpu"]) == 0
         assert json.loads(out.read_text()) == predictions
-    # the teacher itself needs its flow stream
+    # the teacher itself needs its flow stream; a folder of another RGB width is refused
     assert main(["predict", "--run", str(teacher_run), "--data", str(no_flow), "--out", str(tmp_path / "t.json"),
                  "--device", "cpu"]) != 0
+    narrow = tmp_path / "narrow"
+    write_grounding_synthetic(narrow, GroundingSynthConfig(num_videos=24, dim=8, seed=0))
+    capsys.readouterr()
+    assert main(["predict", "--run", str(student), "--data", str(narrow), "--out", str(tmp_path / "n.json"),
+                 "--device", "cpu"]) == 2
+    assert "'rgb' is 4-d instead of 8-d" in capsys.readouterr().err and not (tmp_path / "n.json").exists()
 
 
 def test_a_teacher_of_other_words_widths_or_task_is_refused(synthetic, teacher_run, tmp_path, capsys):
