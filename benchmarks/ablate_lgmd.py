@@ -1,10 +1,10 @@
 """Local-global multi-modal distillation ablations: train the rows' runs, print mean ± std tables, the share of
 the RGB-to-teacher gap each student closes, and each run's training cost.
 
-    python benchmarks/ablate_lgmd.py --data DIR --out OUTDIR --epochs 40 --seeds 0,1,2 \
+    python benchmarks/ablate_lgmd.py --data DIR --out OUTDIR --epochs 40 --seeds 0,1,2 [--task grounding] \
         [--tables main,design] [--reuse VARIANT=PATTERN ...] [--threads 1] [--nice 10] [--set KEY=VALUE ...]
 
-Tables (``--tables``):
+Tables of action localization (``--task detection``, the default; ``--tables``):
 
 * ``main``: RSKP on RGB alone, on flow alone, on both (``rskp.yaml``); the two-branch teacher without and
   with mutual learning (``lgmd_teacher_rskp.yaml``, ``mutual_weight`` 0 / as shipped), each also evaluated
@@ -13,6 +13,14 @@ Tables (``--tables``):
 * ``design``: the choices made where the method's description is silent, one change each against the shipped
   configs (mutual temperature and axis, the teacher's learning rate, the global term's classes and balance,
   the distillation's start, and a student taught by the plain two-stream RSKP instead of the mutual teacher).
+
+Tables of sentence grounding (``--task grounding``; the data a grounding folder with rgb and flow streams):
+
+* ``main``: CPL on RGB alone, on flow alone, on both (``cpl_rgb.yaml``, ``model.streams``); the mutual teacher
+  (``lgmd_teacher_cpl.yaml``), also evaluated branch by branch; the RGB student with local distillation only
+  (the global term's weight 0), global only (the local term's weight 0) and both (``lgmd_student_cpl.yaml``).
+* ``design``: the two-branch teacher without mutual learning (fused at test), and a student taught by the
+  plain two-stream CPL instead of the mutual teacher.
 
 Every row is a shipped config plus ``--set`` overrides. A student row names its teacher variant; its run of
 seed ``s`` gets ``--set teacher.run=OUTDIR/runs/TEACHER/seed<s>``, which is trained first. Runs train one
@@ -46,7 +54,11 @@ from wtal.atomic import write_json_atomic  # noqa: E402
 from wtal.engine.config import load_run_config, resolve_config  # noqa: E402
 
 CONFIG_DIR = shared.CONFIG_DIR
-METRIC = "AVG(0.1:0.7)"
+#: the headline metric of each task (the gap a student closes is measured in it)
+HEADLINE = {"detection": "AVG(0.1:0.7)", "grounding": "mIoU"}
+#: the variants the gap is measured between: (single-modality baseline, teacher)
+GAP_ENDS = {"detection": ("rskp_rgb", "lgmd_teacher"), "grounding": ("cpl_rgb", "lgmd_teacher_cpl")}
+UNITS = {"detection": "test mAP %", "grounding": "test recall % and mIoU %"}
 TABLES = ("main", "design")
 # config keys that do not change what a run learns
 NEUTRAL_KEYS = (("train", "progress"), ("train", "num_threads"), ("train", "tensorboard"))
@@ -130,19 +142,56 @@ def design_rows(epochs: int) -> list[Line]:
     ]
 
 
-def build_tables(keys: list[str], epochs: int) -> dict[str, list[Line]]:
+GROUNDING_TEACHER = Variant("lgmd_teacher_cpl", "lgmd_teacher_cpl.yaml")
+#: a student's local term alone / global term alone: the other plug-in's weight 0 (lgmd_student_cpl.yaml lists
+#: boundary_distill first, activation_distill second)
+NO_GLOBAL_CPL = ("plugins.1.weight=0",)
+NO_LOCAL_CPL = ("plugins.0.weight=0",)
+
+
+def grounding_main_rows() -> list[Line]:
+    teacher = GROUNDING_TEACHER
+    student = "lgmd_student_cpl.yaml"
+    return [
+        Line("CPL, RGB only", Variant("cpl_rgb", "cpl_rgb.yaml")),
+        Line("CPL, flow only", Variant("cpl_flow", "cpl_rgb.yaml", ("model.streams=[flow]",))),
+        Line("CPL, RGB+flow (two-stream)", Variant("cpl_rgbflow", "cpl_rgb.yaml", ("model.streams=[rgb,flow]",))),
+        Line("teacher: mutual learning", teacher),
+        Line("  its RGB branch alone (RGB at test)", teacher, "rgb"),
+        Line("  its flow branch alone (flow at test)", teacher, "flow"),
+        Line("RGB student, local only", Variant("lgmd_student_cpl_local", student, NO_GLOBAL_CPL, teacher.name)),
+        Line("RGB student, global only", Variant("lgmd_student_cpl_global", student, NO_LOCAL_CPL, teacher.name)),
+        Line("RGB student, local + global", Variant("lgmd_student_cpl", student, (), teacher.name)),
+    ]
+
+
+def grounding_design_rows() -> list[Line]:
+    nomutual = Variant("lgmd_teacher_cpl_nomutual", "lgmd_teacher_cpl.yaml", ("model.params.mutual_weight=0",))
+    return [
+        Line("two CPL branches, no mutual learning (fused at test)", nomutual),
+        Line("student of the plain two-stream CPL (shipped: of the mutual teacher)",
+             Variant("lgmd_student_cpl_of_cpl", "lgmd_student_cpl.yaml", (), "cpl_rgbflow")),
+    ]
+
+
+ROWS = {"detection": (main_rows, design_rows),
+        "grounding": (grounding_main_rows, lambda epochs: grounding_design_rows())}
+
+
+def build_tables(keys: list[str], epochs: int, task: str = "detection") -> dict[str, list[Line]]:
     """The rows of each table; ``epochs``: the runs' length (design rows place epochs in it)."""
-    rows = {"main": main_rows, "design": lambda: design_rows(epochs)}
+    main, design = ROWS[task]
+    rows = {"main": main, "design": lambda: design(epochs)}
     return {k: rows[k]() for k in keys}
 
 
-def variants_in_order(tables: dict[str, list[Line]]) -> list[Variant]:
+def variants_in_order(tables: dict[str, list[Line]], task: str = "detection") -> list[Variant]:
     """Every variant once, teachers before their students; one name always means one recipe."""
     by_name: dict[str, Variant] = {}
     for line in (x for rows in tables.values() for x in rows):
         if by_name.setdefault(line.variant.name, line.variant) != line.variant:
             raise ValueError(f"variant {line.variant.name!r} names two recipes")
-    known = {v.name: v for v in [*(x.variant for x in main_rows()), *by_name.values()]}
+    known = {v.name: v for v in [*(x.variant for x in ROWS[task][0]()), *by_name.values()]}
     ordered: list[Variant] = []
 
     def visit(v: Variant) -> None:
@@ -291,20 +340,20 @@ def summarize(line: Line, seeds: list[int], out: Path) -> dict:
     return summary
 
 
-def gap_closed(student: dict, rgb: dict, teacher: dict) -> dict | None:
-    """Per seed ``(student - rgb) / (teacher - rgb)`` of the headline metric, its mean and sample std."""
+def gap_closed(student: dict, rgb: dict, teacher: dict, metric: str = HEADLINE["detection"]) -> dict | None:
+    """Per seed ``(student - rgb) / (teacher - rgb)`` of the headline ``metric``, its mean and sample std."""
     seeds = sorted(set(student["seeds"]) & set(rgb["seeds"]) & set(teacher["seeds"]))
     shares = []
     for s in seeds:
-        st, r, t = (x["per_seed"][str(s)][METRIC] for x in (student, rgb, teacher))
+        st, r, t = (x["per_seed"][str(s)][metric] for x in (student, rgb, teacher))
         if t != r:
             shares.append((st - r) / (t - r))
     if not shares:
         return None
     return {"seeds": seeds, "per_seed": shares, "mean": float(np.mean(shares)),
             "std": float(np.std(shares, ddof=1)) if len(shares) > 1 else None,
-            "of_mean_gap": (student["mean"][METRIC] - rgb["mean"][METRIC])
-            / (teacher["mean"][METRIC] - rgb["mean"][METRIC])}
+            "of_mean_gap": (student["mean"][metric] - rgb["mean"][metric])
+            / (teacher["mean"][metric] - rgb["mean"][metric])}
 
 
 def cost_table(rows: list[dict]) -> str:
@@ -316,26 +365,26 @@ def cost_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def results(tables: dict[str, list[Line]], seeds: list[int], out: Path) -> dict:
+def results(tables: dict[str, list[Line]], seeds: list[int], out: Path, task: str = "detection") -> dict:
     summaries = {key: [summarize(line, seeds, out) for line in lines] for key, lines in tables.items()}
     by_variant = {r["variant"]: r for rows in summaries.values() for r in rows if r["branch"] is None}
-    rgb, teacher = by_variant.get("rskp_rgb"), by_variant.get("lgmd_teacher")
+    rgb, teacher = (by_variant.get(name) for name in GAP_ENDS[task])
     for rows in summaries.values():
         for r in rows:
             r["gap_closed"] = None
             if r["teacher"] is not None and rgb and teacher and r["n"] and rgb["n"] and teacher["n"]:
-                r["gap_closed"] = gap_closed(r, rgb, teacher)
+                r["gap_closed"] = gap_closed(r, rgb, teacher, HEADLINE[task])
     return summaries
 
 
-def print_tables(summaries: dict[str, list[dict]]) -> None:
+def print_tables(summaries: dict[str, list[dict]], task: str = "detection") -> None:
     for key, rows in summaries.items():
-        print("\n" + shared.markdown(f"LGMD ablation: {key} (test mAP %, mean ± std over seeds)", rows))
+        print("\n" + shared.markdown(f"LGMD ablation: {key} ({UNITS[task]}, mean ± std over seeds)", rows))
         for r in rows:
             g = r["gap_closed"]
             if g is not None:
                 std = "" if g["std"] is None else f" ± {g['std']:.2f}"
-                print(f"- {r['label']}: closes {g['mean']:.2f}{std} of the RGB-to-teacher gap in {METRIC} "
+                print(f"- {r['label']}: closes {g['mean']:.2f}{std} of the RGB-to-teacher gap in {HEADLINE[task]} "
                       f"(per seed; {g['of_mean_gap']:.2f} of the gap between the means)")
         print("\n" + cost_table(rows))
 
@@ -345,8 +394,10 @@ def print_tables(summaries: dict[str, list[dict]]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, type=Path, help="W-TALC bundle or per-video feature folder")
+    p.add_argument("--data", required=True, type=Path,
+                   help="W-TALC bundle or per-video feature folder (--task grounding: a grounding data folder)")
     p.add_argument("--out", required=True, type=Path, help="output folder (runs/, logs/, lgmd_ablation.json)")
+    p.add_argument("--task", choices=sorted(HEADLINE), default="detection", help="the rows' task")
     p.add_argument("--epochs", type=int, default=None, help="rescale every config to N epochs (default: as is)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--tables", default="main", help=f"comma-separated among {', '.join(TABLES)}")
@@ -378,16 +429,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    epochs = args.epochs or resolve_config(CONFIG_DIR / "lgmd_student_rskp.yaml").train.epochs
-    tables = build_tables(args.tables, epochs)
-    variants = variants_in_order(tables)
+    student = {"detection": "lgmd_student_rskp.yaml", "grounding": "lgmd_student_cpl.yaml"}[args.task]
+    epochs = args.epochs or resolve_config(CONFIG_DIR / student).train.epochs
+    tables = build_tables(args.tables, epochs, args.task)
+    variants = variants_in_order(tables, args.task)
     unknown = set(args.reuse) - {v.name for v in variants}
     if unknown:
         raise SystemExit(f"--reuse names no variant of these tables: {sorted(unknown)}")
     link_reused(variants, args)
     failed = train_all(variants, args) if args.train else []
-    summaries = results(tables, args.seeds, args.out)
-    print_tables(summaries)
+    summaries = results(tables, args.seeds, args.out, args.task)
+    print_tables(summaries, args.task)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     path = write_json_atomic(args.out / "lgmd_ablation.json", {"settings": settings, "tables": summaries,
                                                                "failed": failed}, indent=1)

@@ -136,8 +136,17 @@ def train_all(specs: list[RunSpec], args: argparse.Namespace) -> list[str]:
 # ---------------------------------------------------------------------------------------------- metrics
 
 
+#: the columns of a grounding table: recall of the top segment at three IoU thresholds, its mean IoU, and the
+#: recall of the top five at IoU 0.5
+GROUNDING_COLUMNS = (("R@1", "0.3"), ("R@1", "0.5"), ("R@1", "0.7"), ("mIoU", None), ("R@5", "0.5"))
+
+
 def report_metrics(test: dict) -> dict[str, float]:
-    """``{tIoU: mAP, ..., AVG(...): value, cmAP: value}`` from a ``report.json``'s ``test`` section."""
+    """``{tIoU: mAP, ..., AVG(...): value, cmAP: value}`` from a detection ``report.json``'s ``test`` section, or
+    ``{"R@1 0.3": recall, ..., "mIoU": value, "R@5 0.5": recall}`` from a grounding one."""
+    if "R@1" in test:
+        return {key if at is None else f"{key} {at}": float(test[key] if at is None else test[key][at])
+                for key, at in GROUNDING_COLUMNS}
     metrics = {f"{t:g}": float(m) for t, m in zip(test["thresholds"], test["mAP"], strict=True)}
     metrics.update({k: float(v) for k, v in test["averages"].items() if k in AVERAGES})
     if test.get("classification_map") is not None:

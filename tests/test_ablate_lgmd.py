@@ -74,8 +74,8 @@ def test_every_row_resolves_and_each_variant_is_one_recipe():
 
 def test_gap_closed_per_seed():
     def row(values):
-        return {"seeds": [0, 1], "per_seed": {str(s): {ablate.METRIC: v} for s, v in enumerate(values)},
-                "mean": {ablate.METRIC: sum(values) / 2}}
+        return {"seeds": [0, 1], "per_seed": {str(s): {ablate.HEADLINE["detection"]: v} for s, v in enumerate(values)},
+                "mean": {ablate.HEADLINE["detection"]: sum(values) / 2}}
 
     gap = ablate.gap_closed(row([25.0, 30.0]), row([20.0, 20.0]), row([30.0, 40.0]))
     assert gap["per_seed"] == pytest.approx([0.5, 0.5]) and gap["mean"] == pytest.approx(0.5)

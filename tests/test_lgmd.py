@@ -225,6 +225,9 @@ class CountingModel(torch.nn.Module):
     def localization_scores(self, out, mask):
         return self.model.localization_scores(out, mask)
 
+    def activation_map(self, out, batch):
+        return self.model.activation_map(out, batch)
+
 
 def test_activation_distill_matches_the_teachers_map_over_time_and_computes_it_once():
     teacher_model = CountingModel(_mutual().eval())

@@ -39,6 +39,7 @@ PLUGIN_FACTORIES: dict[str, str] = {
     "gaufuse": "wtal.pseudo.plugin:build_gaufuse_plugin",
     "vlp_alternate": "wtal.pseudo.alternate:build_alternate_plugin",
     "activation_distill": "wtal.pseudo.activation:build_activation_distill_plugin",
+    "boundary_distill": "wtal.pseudo.boundary:build_boundary_distill_plugin",
 }
 ROLES = ("model", "teacher")
 

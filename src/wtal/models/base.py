@@ -109,6 +109,12 @@ class StreamModel(nn.Module):
     def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
         return None
 
+    def activation_map(self, out: Any, batch: Batch) -> torch.Tensor:
+        """``(B, T, K)`` the model's per-snippet activation in [0, 1], the map a teacher's global distillation
+        matches: a detection model's test-time class map (``localization_scores``); a grounding model overrides it
+        with its query-conditioned activation (one column)."""
+        return self.localization_scores(out, batch.mask)[0]
+
     # Multi-process training: a model whose losses update its own state (a memory bank, a label store)
     # queues those updates while ``defer_state_updates`` is on and applies everyone's in ``sync_state``, so
     # that every process keeps the same state. Models without such state need neither.

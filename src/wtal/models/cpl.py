@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -88,6 +88,7 @@ from wtal.data.batch import Batch
 from wtal.data.text import EOS_ID, PAD_ID
 from wtal.errors import WtalInputError
 from wtal.models.base import ModelContext, StreamModel
+from wtal.models.losses import log_activation
 from wtal.models.recipes import parse_hyperparameters
 from wtal.ranges import BELOW_ONE, COUNT, INDEX, NON_NEGATIVE, POSITIVE, in_range
 
@@ -155,7 +156,8 @@ class CPLOutput:
     proposal_nll: Tensor  # (B, K) reconstruction loss of each proposal
     reference_nll: Tensor | None  # (B,) whole-video reconstruction loss (training passes only)
     negative_nll: Tensor | None  # (B, 2) left/right negatives of the best proposal (training passes only)
-    inputs: ReconstructionInputs | None = None  # kept by a training pass whose negatives wait for the epoch
+    inputs: ReconstructionInputs | None = None  # what the proposals were scored from (negatives, re-scoring)
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. a fused output's branch outputs
 
 
 # ------------------------------------------------------------------------------------------ word masking
@@ -373,7 +375,7 @@ class CPL(nn.Module):
             weights = torch.cat([gauss, uniform], dim=1)
         nll = self._reconstruct(inputs, weights)
         out = CPLOutput(centers, widths, gauss, inputs.valid, nll[:, : hp.num_proposals],
-                        nll[:, -1] if contrast else None, None, inputs if contrast else None)
+                        nll[:, -1] if contrast else None, None, inputs)
         if contrast and epoch is not None:
             out.negative_nll = self.negative_nll(out, epoch)
         return out
@@ -397,6 +399,11 @@ class CPL(nn.Module):
         ``(B, M)`` (fractions of the video), masked as :meth:`forward` masks: how well a segment explains the
         sentence (e.g. the ground-truth moment against shifted ones, or a student's segments under a teacher)."""
         inputs, _, _ = self._encode(video, video_mask, words, word_mask, word_weights, masked_words, generator)
+        return self.rescore(inputs, centers, widths)
+
+    def rescore(self, inputs: ReconstructionInputs, centers: Tensor, widths: Tensor) -> Tensor:
+        """``(B, M)`` reconstruction losses of Gaussian proposals ``centers`` / ``widths`` ``(B, M)`` from the inputs a
+        pass kept (``CPLOutput.inputs``: the same clips and masked sentence as that pass's own proposals)."""
         stds = widths.clamp(min=self.hp.min_width) / self.hp.sigma
         return self._reconstruct(inputs, gaussian_weights(inputs.time, inputs.valid, centers, stds))
 
@@ -482,8 +489,13 @@ class CPL(nn.Module):
 
     def losses(self, out: CPLOutput, epoch: float | None = None) -> dict[str, Tensor]:
         """Per-sample ``(B,)`` losses: reconstruction, ranking, diversity and their weighted ``total``. ``epoch``
-        (0-based) is needed when the training pass left its negatives for now (``forward(epoch=None)``)."""
+        (0-based) is needed when the pass left its negatives for now (``forward(epoch=None)``). A pass without the
+        reference (an evaluation pass, e.g. of the eval-mode snapshot that measures a loss balance) gets it here,
+        from the inputs it kept."""
         hp = self.hp
+        if out.reference_nll is None and out.inputs is not None and epoch is not None:
+            whole = out.inputs.valid[:, None].to(out.gauss.dtype)  # uniform weights: the whole video
+            out.reference_nll = self._reconstruct(out.inputs, whole)[:, 0]
         if out.negative_nll is None and out.inputs is not None and epoch is not None:
             out.negative_nll = self.negative_nll(out, epoch)
         if out.reference_nll is None or out.negative_nll is None:
@@ -527,6 +539,41 @@ def snippet_activation(out: CPLOutput, lengths: Tensor, hp: CPLHyperparameters, 
     gauss = torch.exp(-((time[:, None, :] - out.centers[..., None]) ** 2) / (2 * std[..., None] ** 2))
     activation = (proposal_distribution(out, temperature)[..., None] * gauss).sum(dim=1)
     return activation.masked_fill(idx >= lengths[:, None], 0.0)
+
+
+def best_segment(out: CPLOutput) -> Tensor:
+    """``(B, 2)`` the top-ranked proposal of each query as ``[start, end]`` fractions clipped to the video, as
+    :func:`rank_proposals` decodes it, differentiable in the proposal's centre and width."""
+    best = out.proposal_nll.argmin(dim=1, keepdim=True)
+    c, w = out.centers.gather(1, best).squeeze(1), out.widths.gather(1, best).squeeze(1)
+    return torch.stack([torch.clamp(c - w / 2, min=0), torch.clamp(c + w / 2, max=1)], dim=-1)
+
+
+def fuse_branch_outputs(branches: Sequence[tuple[float, CPLModel, CPLOutput]]) -> CPLOutput:
+    """One output from CPL branches on different streams (``(fusion weight, branch, its output)``, weights summing
+    to 1): every branch's proposals pooled, ``(B, N K)``, in branch order.
+
+    In eval mode (evaluation, prediction, a frozen teacher) a pooled proposal's loss is the fusion-weighted mean of
+    every branch's reconstruction loss of it: each branch re-scores the other branches' proposals from the clips
+    and masked sentence of its own pass (:meth:`CPL.rescore`, ``(N - 1) K`` extra reconstruction passes per
+    branch), so every segment is judged by every stream. In training mode (where only the branches' own losses
+    are read) no pass is added: a pooled proposal's loss is ``-log(f_i p_i(k))``, its branch's proposal
+    distribution mixed with the fusion weights, so that :func:`proposal_distribution` of the result is that
+    mixture."""
+    lead = branches[0][2]
+    if any(not m.training for _, m, _ in branches):
+        if any(o.inputs is None for _, _, o in branches):
+            raise ValueError("fusing CPL branches needs each pass's reconstruction inputs")
+        nll = sum(f * torch.cat([own.proposal_nll if j == i else m.cpl.rescore(own.inputs, o.centers, o.widths)
+                                 for j, (_, _, o) in enumerate(branches)], dim=1)
+                  for i, (f, m, own) in enumerate(branches))
+    else:
+        nll = torch.cat([-(torch.log_softmax(-o.proposal_nll, dim=1) + math.log(f)) if f > 0
+                         else torch.full_like(o.proposal_nll, math.inf) for f, _, o in branches], dim=1)
+    return CPLOutput(torch.cat([o.centers for _, _, o in branches], dim=1),
+                     torch.cat([o.widths for _, _, o in branches], dim=1),
+                     torch.cat([o.gauss for _, _, o in branches], dim=1), lead.position_mask, nll, None, None,
+                     extras={"branches": [o for _, _, o in branches]})
 
 
 # ------------------------------------------------------------------------------------------ wtal model
@@ -577,3 +624,20 @@ class CPLModel(StreamModel):
     def snippet_activation(self, out: CPLOutput, batch: Batch, temperature: float = 1.0) -> Tensor:
         """``(B, T)`` query-conditioned snippet activation (:func:`snippet_activation`) on the batch's snippets."""
         return snippet_activation(out, batch.lengths, self.hp, temperature)
+
+    # ------------------------------------------------------------- knowledge for teachers and mutual learning
+    #: a grounding activation has one column per query: it is compared as a distribution over time only
+    mutual_axes = ("time",)
+
+    def activation_map(self, out: CPLOutput, batch: Batch) -> Tensor:
+        """``(B, T, 1)`` the query-conditioned snippet activation in [0, 1], 0 on padding (the map a teacher's
+        global distillation matches, :mod:`wtal.pseudo.activation`)."""
+        return self.snippet_activation(out, batch)[..., None]
+
+    def mutual_maps(self, out: CPLOutput, batch: Batch) -> list[tuple[float, Tensor]]:
+        """What a branch teaches the others in mutual learning (:mod:`wtal.models.mutual`): the log of its
+        activation map. (Two branches' proposal distributions are over different proposals, so they are not
+        compared directly; their activations are over the same snippets.)"""
+        return [(1.0, log_activation(self.activation_map(out, batch)))]
+
+    fuse_branch_outputs = staticmethod(fuse_branch_outputs)

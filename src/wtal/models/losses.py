@@ -75,6 +75,15 @@ def attention_contrast(attention: torch.Tensor, mask: torch.Tensor, ratio: float
             - masked_topk_mean(attention, mask, k, largest=True))
 
 
+#: floor of an activation before its logarithm (a [0, 1] score of exactly 0 has no finite log)
+ACTIVATION_FLOOR = 1e-8
+
+
+def log_activation(scores: torch.Tensor) -> torch.Tensor:
+    """``log`` of activations in [0, 1], floored at :data:`ACTIVATION_FLOOR`: log-scores for :func:`activation_kl`."""
+    return torch.log(scores.clamp(min=ACTIVATION_FLOOR))
+
+
 def activation_kl(target: torch.Tensor, student: torch.Tensor, mask: torch.Tensor, temperature: float,
                   over: str = "classes", columns: torch.Tensor | None = None) -> torch.Tensor:
     """``tau^2 KL(p_target || p_student)`` between two activation maps ``(B, T, K)`` given as log-scores

@@ -1,5 +1,6 @@
 """Cross-modal mutual learning: one full base model per input stream, trained together, each branch's
-snippet activation map distilled into the others', the output fusing all branches.
+snippet activation map distilled into the others', the output fusing all branches. For action localization
+(any detection base model, e.g. RSKP) and for sentence grounding (``base: cpl``).
 
 ``model: {name: mutual, streams: [rgb, flow], params: {base: rskp, mutual_weight: 1.0, ..., <base params>}}``
 builds ``base`` once per stream, each from a sub-context that holds that stream alone, so a branch is
@@ -10,16 +11,23 @@ branch, so a config can ``extends: rskp.yaml`` and only name the mutual model an
 Training: each branch's own weak losses (reported as ``<stream>/<term>``), plus ``mutual_weight`` times the
 mutual term: for branch ``i``, the mean over the other branches ``j`` of
 ``tau^2 KL(p_j || p_i)`` (:func:`wtal.models.losses.activation_kl`) between the branches' temperature-softened
-snippet activation maps, summed over the base model's ``distill_logits`` with their weights (RSKP: 0.8 on
-``o.S``, 0.2 on ``m.S``). The other branch's map is a fixed target (detached), as in deep mutual learning:
-each branch learns from the others, never from pulling its own target. ``mutual_axis`` says what a
-distribution is: ``classes`` (per snippet, over the classes and background) or ``time`` (per class, over
-the video's snippets).
+snippet activation maps, summed over the branch's weighted maps (:func:`branch_maps`: a detection model's
+``distill_logits``, RSKP: 0.8 on ``o.S``, 0.2 on ``m.S``; a grounding model's ``mutual_maps``, CPL: the log of
+its query-conditioned snippet activation). The other branch's map is a fixed target (detached), as in deep
+mutual learning: each branch learns from the others, never from pulling its own target. ``mutual_axis`` says
+what a distribution is: ``classes`` (per snippet, over the classes and background) or ``time`` (per class,
+or per query, over the video's snippets); a base model lists the axes its maps allow in ``mutual_axes``
+(CPL: ``time`` only, its map has one column).
 
-Output: the branches' test-time maps (``localization_scores``) and video scores averaged with
+Output (detection): the branches' test-time maps (``localization_scores``) and video scores averaged with
 ``fusion_weights`` (equal by default); ``cas_logits`` is the log of the weighted mixture of the branches'
 class distributions; ``distill_logits`` lists every branch's weighted logits (scaled by its fusion weight),
 so GauFuse pseudo labels can train the mutual model as they train any base model.
+
+Output (a base model with ``fuse_branch_outputs``, e.g. CPL): that function's fused output
+(:func:`wtal.models.cpl.fuse_branch_outputs`: the branches' proposals pooled and, at test time, each scored by
+every branch), read by the base model's own test-time methods (``ranked_segments``, ``snippet_activation``,
+``activation_map``), which the mutual model forwards to its first branch.
 """
 
 from __future__ import annotations
@@ -57,6 +65,12 @@ class MutualHyperparameters:
 OWN_KEYS = tuple(f.name for f in fields(MutualHyperparameters))
 
 
+def base_model_class(hp: MutualHyperparameters) -> type:
+    from wtal.models.factory import model_class  # the factory imports this module
+
+    return model_class(hp.base)
+
+
 def split_params(params: Mapping[str, Any]) -> tuple[MutualHyperparameters, dict[str, Any]]:
     """``model.params`` of a mutual model -> (its own hyperparameters, the base model's), both checked."""
     from wtal.models.factory import check_hyperparameters  # the factory imports this module
@@ -66,9 +80,10 @@ def split_params(params: Mapping[str, Any]) -> tuple[MutualHyperparameters, dict
     if hp.base.strip().lower() == "mutual":
         raise WtalInputError("model.params.base of a mutual model cannot be 'mutual'",
                              fix="name a base model, e.g. base: rskp")
-    if hp.mutual_axis not in MUTUAL_AXES:
-        raise WtalInputError(f"invalid config value model.params.mutual_axis = {hp.mutual_axis!r}",
-                             fix=f"use one of {', '.join(MUTUAL_AXES)}")
+    axes = getattr(base_model_class(hp), "mutual_axes", MUTUAL_AXES)
+    if hp.mutual_axis not in axes:
+        raise WtalInputError(f"invalid config value model.params.mutual_axis = {hp.mutual_axis!r} for base "
+                             f"{hp.base!r}", fix=f"use one of {', '.join(axes)}")
     base_params = {k: v for k, v in params.items() if k not in OWN_KEYS}
     check_hyperparameters(hp.base, base_params)
     return hp, base_params
@@ -79,10 +94,31 @@ def stream_context(context: ModelContext, stream: str) -> ModelContext:
     return replace(context, streams={stream: int(context.streams[stream])})
 
 
+def branch_maps(branch: nn.Module, out: Any, batch: Batch) -> list[tuple[float, torch.Tensor]]:
+    """What a branch teaches the others: weighted ``(B, T, K)`` log-scores, its ``mutual_maps`` when the base
+    model defines them, else its ``distill_logits`` (a detection model's snippet class logits)."""
+    maps = getattr(branch, "mutual_maps", None)
+    return maps(out, batch) if maps is not None else branch.distill_logits(out)
+
+
+def fuse_detection_outputs(branches: list[tuple[float, nn.Module, ModelOutput]]) -> ModelOutput:
+    """Detection branches ``(fusion weight, branch, output)`` -> one output: video scores and attention averaged,
+    ``cas_logits`` the log of the weighted mixture of the branches' class distributions."""
+    video = sum(f * o.video_scores for f, _, o in branches)
+    log_mix = torch.stack([torch.log_softmax(o.cas_logits, dim=-1) + (math.log(f) if f > 0 else -math.inf)
+                           for f, _, o in branches]).logsumexp(dim=0)
+    attention = None
+    if all(o.attention is not None for _, _, o in branches):
+        attention = sum(f * o.attention for f, _, o in branches)
+    return ModelOutput(video_scores=video, cas_logits=log_mix, attention=attention,
+                       extras={"branches": [o for _, _, o in branches]})
+
+
 class MutualLearning(StreamModel):
     """``MutualLearning(context, base=..., <mutual keys>, <base hyperparameters>)``; one branch per stream."""
 
     hyperparameters = MutualHyperparameters
+    needs_classes = False  # each branch's build checks what its base model needs
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> None:
@@ -104,27 +140,27 @@ class MutualLearning(StreamModel):
         self.fusion = [float(w) / sum(weights) for w in weights]
         self.branches = nn.ModuleDict({s: build_model(self.hp.base, stream_context(context, s), **base_params)
                                        for s in self.input_streams})
+        self.fuse = getattr(type(self.lead), "fuse_branch_outputs", fuse_detection_outputs)
+
+    @property
+    def lead(self) -> nn.Module:
+        """The first branch: its class's test-time methods read a fused output of a grounding base model."""
+        return next(iter(self.branches.values()))
 
     # ----------------------------------------------------------------------------------------- forward
-    def forward(self, batch: Batch) -> ModelOutput:
-        outs = [branch(batch) for branch in self.branches.values()]  # each reads its own stream only
-        video = sum(f * o.video_scores for f, o in zip(self.fusion, outs, strict=True))
-        log_mix = torch.stack([torch.log_softmax(o.cas_logits, dim=-1) + (math.log(f) if f > 0 else -math.inf)
-                               for f, o in zip(self.fusion, outs, strict=True)]).logsumexp(dim=0)
-        attention = None
-        if all(o.attention is not None for o in outs):
-            attention = sum(f * o.attention for f, o in zip(self.fusion, outs, strict=True))
-        return ModelOutput(video_scores=video, cas_logits=log_mix, attention=attention,
-                           extras={"branches": outs})
+    def forward(self, batch: Batch) -> Any:
+        """The fused output (its ``extras["branches"]``: each branch's output, each read its own stream only)."""
+        return self.fuse([(f, branch, branch(batch)) for f, branch in zip(self.fusion, self.branches.values(),
+                                                                           strict=True)])
 
-    def branch_outputs(self, out: ModelOutput) -> list[tuple[str, nn.Module, ModelOutput]]:
+    def branch_outputs(self, out: Any) -> list[tuple[str, nn.Module, Any]]:
         return list(zip(self.branches.keys(), self.branches.values(), out.extras["branches"], strict=True))
 
     # -------------------------------------------------------------------------------------------- losses
-    def mutual_losses(self, out: ModelOutput, mask: torch.Tensor) -> list[torch.Tensor]:
+    def mutual_losses(self, out: Any, batch: Batch) -> list[torch.Tensor]:
         """Per branch ``(B,)``: mean over the other branches of the weighted KL from their maps to its own."""
-        maps = [branch.distill_logits(o) for _, branch, o in self.branch_outputs(out)]
-        hp = self.hp
+        maps = [branch_maps(branch, o, batch) for _, branch, o in self.branch_outputs(out)]
+        hp, mask = self.hp, batch.mask
         losses = []
         for i, own in enumerate(maps):
             terms = [sum(w * activation_kl(t, s, mask, hp.mutual_temperature, hp.mutual_axis)
@@ -133,7 +169,7 @@ class MutualLearning(StreamModel):
             losses.append(sum(terms) / len(terms))
         return losses
 
-    def losses(self, out: ModelOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+    def losses(self, out: Any, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         result: dict[str, torch.Tensor] = {}
         total = None
         for stream, branch, o in self.branch_outputs(out):
@@ -141,7 +177,7 @@ class MutualLearning(StreamModel):
             result.update({f"{stream}/{k}": v for k, v in own.items()})
             total = own["total"] if total is None else total + own["total"]
         if self.hp.mutual_weight > 0 and epoch >= self.hp.mutual_start_epoch:
-            mutual = self.mutual_losses(out, batch.mask)
+            mutual = self.mutual_losses(out, batch)
             for stream, term in zip(self.branches, mutual, strict=True):
                 result[f"{stream}/mutual"] = term
             result["mutual"] = sum(mutual)
@@ -167,3 +203,19 @@ class MutualLearning(StreamModel):
         return [(f * w, logits) for f, (_, branch, o) in zip(self.fusion, self.branch_outputs(out), strict=True)
                 for w, logits in branch.distill_logits(o)]
 
+    # grounding base models: their test-time methods read the fused output
+    def ranked_segments(self, out: Any) -> Any:
+        return self.lead.ranked_segments(out)
+
+    def proposal_distribution(self, out: Any, temperature: float = 1.0) -> torch.Tensor:
+        return self.lead.proposal_distribution(out, temperature)
+
+    def snippet_activation(self, out: Any, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        return self.lead.snippet_activation(out, batch, temperature)
+
+    def activation_map(self, out: Any, batch: Batch) -> torch.Tensor:
+        """The fused activation: the base model's own map of a fused grounding output; for detection the fused
+        test-time class map (:meth:`localization_scores`)."""
+        if self.fuse is fuse_detection_outputs:
+            return super().activation_map(out, batch)
+        return self.lead.activation_map(out, batch)
