@@ -6,7 +6,8 @@
         [--steps 50] [--epochs 40] [--mode steps|end2end|both] [--width input|reference] [--reduction sum|mean]
 
 ``--reference`` is a checkout of the model's public code (RSKP and FAC-Net: LeonHLJ/RSKP, LeonHLJ/FAC-Net;
-BaS-Net and WUM: Pilhyeon/BaSNet-pytorch, Pilhyeon/WTAL-Uncertainty-Modeling), kept outside this repository.
+BaS-Net and WUM: Pilhyeon/BaSNet-pytorch, Pilhyeon/WTAL-Uncertainty-Modeling; MMSD: LeonHLJ/MMSD; ISSF:
+MICLAB-BUPT/ISSF), kept outside this repository. MMSD and ISSF have the step comparison only.
 The script only imports or runs it; every change it needs on a current Python/numpy/torch/CPU is applied
 from outside, in :func:`install_shims` (no file of the checkout is edited):
 
@@ -23,6 +24,16 @@ from outside, in :func:`install_shims` (no file of the checkout is edited):
 * data: BaS-Net/WUM hard-code THUMOS14's 20 class names (``config.class_dict``, replaced in place by the data's
   classes) and the 2048-d input width (``Config.len_feature``, set to the data's width); FAC-Net's loader cuts
   the joint I3D features at column 1024 (mapped to the middle column of the data);
+* MMSD: its one code defect fixed (``SingleStream.forward`` returns 4 values where ``WSTAL.forward`` unpacks 5: a
+  fifth ``None`` is appended; the value is used nowhere); ``train_Processor``'s import of ``AttLoss``, defined
+  nowhere and never used, is satisfied by a placeholder; its forward's split of the joint features at column 1024
+  is mapped to the middle column; options with a float default and no ``type=`` are typed ``float``;
+* ISSF: its source files have no ``.py`` extension (an import hook loads them); ``thop``, imported by its
+  evaluation for a FLOP count, is stubbed; its options, built inside ``core/main``'s ``if __name__ ==
+  '__main__'`` block, are read by running only that block's ``add_argument`` statements; and, unless
+  ``--published-memory-index``, its training loop's ``np.where(labels == 1)[0]`` on the ``(1, C)`` label batch
+  is taken over the one row, so the memory is read and updated by the video's classes (as published it gives
+  row indices: every video reads and updates class 0's memory; wtal uses the classes, as for RSKP);
 * speed, end to end only: BaS-Net/WUM evaluate the whole test set after every optimizer step; here only after
   the last one (their evaluation runs in eval mode without gradients, so training is unchanged);
 * width, BaS-Net/WUM only, ``--width input`` (default): their hidden convolutions are hard-coded 2048 wide; they
@@ -33,11 +44,15 @@ Two comparisons (``--mode``):
 
 1. ``steps`` -- same start, same steps: the reference model is built from the checkout, its initial weights are
    copied into the wtal model with a hand-written name map, and both are trained on the same videos in the same
-   order (RSKP, FAC-Net: whole videos, as their loaders; BaS-Net, WUM: the reference's own 750-snippet samples,
-   fed to both sides) with the reference optimiser. Dropout stays on: the global torch generator is re-seeded
-   before every training forward pass on both sides, so both draw the same masks. RSKP and FAC-Net run the
-   reference's own training loop (``Processor.train``) and BaS-Net/WUM the reference's ``train`` step function;
-   the per-video (RSKP, FAC-Net) or per-batch (BaS-Net, WUM) training losses are compared.
+   order (RSKP, FAC-Net, MMSD, ISSF: whole videos, as their loaders; BaS-Net, WUM: the reference's own
+   750-snippet samples, fed to both sides) with the reference optimiser. Dropout stays on: the global torch
+   generator is re-seeded before every training forward pass on both sides (MMSD: before each of its five
+   dropout layers, which the two sides call in different orders), so both draw the same masks. RSKP, FAC-Net,
+   MMSD and ISSF run the reference's own training loop (``Processor.train``, ISSF's ``Train.train``) and
+   BaS-Net/WUM the reference's ``train`` step function; the per-video (W-TALC references) or per-batch (BaS-Net,
+   WUM) training losses are compared. MMSD generates pseudo labels after epochs 1 and 2 (its ``iter_list``, wtal's
+   ``label_epochs``), so self-voting is in the loss from the second epoch; ISSF fills its memory after epoch
+   index 1 as published, and wtal runs with ``wrap_first_predecessor: true`` (the reference's index -1).
 2. ``end2end`` -- same schedule, end to end: the reference training script runs unmodified apart from the shims,
    on the short schedule that ``wtal train --epochs N`` derives from the wtal config (batch size, learning rate,
    warm-up epoch), and ``wtal train`` runs the same schedule and seed on all training videos with the final
@@ -49,7 +64,7 @@ Two comparisons (``--mode``):
 
 The data is the project's synthetic set (``--data``: a ``wtal synth`` folder, else generated with
 ``--dim 256 --seed 0``) written in each reference's own input layout under ``OUT/data``: a W-TALC bundle named
-``Thumos14reduced`` (RSKP and FAC-Net accept only that name) or per-video folders with ``gt.json`` and
+``Thumos14reduced`` (RSKP, FAC-Net, MMSD and ISSF accept only that name) or per-video folders with ``gt.json`` and
 ``split_train.txt``/``split_test.txt`` (BaS-Net, WUM).
 
 Output: a markdown table on stdout and ``OUT/fidelity_MODEL.json``.
@@ -58,9 +73,13 @@ Output: a markdown table on stdout and ``OUT/fidelity_MODEL.json``.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import copy
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
 import math
 import os
@@ -97,7 +116,7 @@ TIOU = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 # references (which reuse names such as ``model`` and ``utils``) can run in one process
 REFERENCE_MODULES = ("model", "utils", "evaluation", "eval", "options", "config", "train", "test", "main",
                      "processor", "train_options", "test_options", "train_Processor", "test_Processor",
-                     "thumos_features", "tensorboard_logger")
+                     "thumos_features", "tensorboard_logger", "core", "arch", "data", "thop")
 
 
 # ============================================================================================ the wtal adapter
@@ -108,27 +127,28 @@ def wtal_model(name: str, dim: int, num_classes: int, **params) -> torch.nn.Modu
     return build_model(name, context, **params)
 
 
-def wtal_batch(features: torch.Tensor, labels: torch.Tensor) -> Batch:
-    """Unpadded joint ``(B, T, D)`` features as a wtal batch of the RGB and flow streams."""
+def wtal_batch(features: torch.Tensor, labels: torch.Tensor, first_index: int = 0) -> Batch:
+    """Unpadded joint ``(B, T, D)`` features as a wtal batch of the RGB and flow streams; ``Batch.index`` (the
+    training-set position, MMSD's label-store key) counts from ``first_index``."""
     half = features.shape[-1] // 2
     return Batch({"rgb": features[..., :half], "flow": features[..., half:]},
                  torch.ones(features.shape[:2], dtype=torch.bool), labels, [str(i) for i in range(len(features))],
-                 torch.arange(len(features)))
+                 torch.arange(first_index, first_index + len(features)))
 
 
-def wtal_losses(model: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, epoch: int
-                ) -> dict[str, torch.Tensor]:
+def wtal_losses(model: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, epoch: int,
+                first_index: int = 0) -> dict[str, torch.Tensor]:
     """The one place that calls a wtal model: per-video ``(B,)`` losses of unpadded ``(B, T, D)`` features."""
-    batch = wtal_batch(features, labels)
+    batch = wtal_batch(features, labels, first_index)
     return model.losses(model(batch), batch, epoch)
 
 
 def wtal_train_batches(videos: list[tuple[np.ndarray, np.ndarray]]) -> Callable[[], Iterator[Batch]]:
     """``model.on_epoch_end``'s fixed-order training pass: one video per batch (the reference's loader)."""
     def batches() -> Iterator[Batch]:
-        for x, y in videos:
+        for i, (x, y) in enumerate(videos):
             yield wtal_batch(torch.as_tensor(x, dtype=torch.float32).unsqueeze(0),
-                             torch.as_tensor(y, dtype=torch.float32).unsqueeze(0))
+                             torch.as_tensor(y, dtype=torch.float32).unsqueeze(0), i)
     return batches
 
 
@@ -194,18 +214,72 @@ def _ragged_array(original: Callable) -> Callable:
     return array
 
 
+def _joint_key(key, width: int):
+    """An index ``(rows, columns)`` whose column slice is the I3D split at column 1024 (``0:1024``, ``:1024`` or
+    ``1024:``), mapped to the middle column of ``width`` joint columns; any other index unchanged."""
+    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], slice) and key[1].step is None:
+        half = width // 2
+        if key[1].start in (0, None) and key[1].stop == 1024:
+            return (key[0], slice(0, half))
+        if key[1].start == 1024 and key[1].stop is None:
+            return (key[0], slice(half, None))
+    return key
+
+
 class _JointColumns(np.ndarray):
     """Joint RGB+flow features whose ``[:, 0:1024]`` / ``[:, 1024:]`` (FAC-Net's hard-coded I3D split) select the
     first / second half of the columns at any width."""
 
     def __getitem__(self, key):
-        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], slice):
-            half = self.shape[1] // 2
-            if key[1] == slice(0, 1024, None):
-                key = (key[0], slice(0, half))
-            elif key[1] == slice(1024, None, None):
-                key = (key[0], slice(half, None))
-        return np.asarray(super().__getitem__(key))
+        return np.asarray(super().__getitem__(_joint_key(key, self.shape[-1])))
+
+
+class _JointTensor(torch.Tensor):
+    """A joint feature tensor whose ``[..., :1024]`` / ``[..., 1024:]`` (MMSD's split inside its forward) select the
+    first / second half of the columns at any width; every result is a plain tensor."""
+
+    def __getitem__(self, key):
+        return self.as_subclass(torch.Tensor)[_joint_key(key, self.shape[-1])]
+
+
+def _numpy_with(**overrides) -> types.SimpleNamespace:
+    """The ``numpy`` module as one reference module sees it, with some functions replaced."""
+    namespace = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    for name, value in overrides.items():
+        setattr(namespace, name, value)
+    return namespace
+
+
+def _where_in_the_row(condition, *args):
+    """``np.where`` with a ``(1, C)`` condition taken over its one row: ISSF's ``np.where(labels == 1)[0]`` on a
+    batch of one video then gives the video's class indices (as published it gives row indices, all 0)."""
+    if not args and np.ndim(condition) == 2 and np.shape(condition)[0] == 1:
+        return np.where(np.asarray(condition)[0])
+    return np.where(condition, *args)
+
+
+class ExtensionlessFinder(importlib.abc.MetaPathFinder):
+    """Imports the source files of ISSF's checkout, which have no ``.py`` extension (``core/train``, ...)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def find_spec(self, fullname, path, target=None):
+        file = self.root.joinpath(*fullname.split("."))
+        if file.is_file() and not file.suffix:
+            return importlib.util.spec_from_loader(fullname, importlib.machinery.SourceFileLoader(fullname, str(file)))
+        return None
+
+
+def issf_parser(root: Path) -> argparse.ArgumentParser:
+    """ISSF's options: ``core/main`` builds its parser inside ``if __name__ == '__main__'``; the statements of
+    that block up to ``parser.parse_args()`` are run on their own (published defaults, nothing else run)."""
+    tree = ast.parse((root / "core" / "main").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test))
+    body = [n for n in block.body if "parse_args" not in ast.unparse(n) and "main(" not in ast.unparse(n)]
+    namespace: dict = {"argparse": argparse}
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(root / "core" / "main"), "exec"), namespace)
+    return namespace["parser"]
 
 
 def _load_allowing_pickle(original: Callable, split_joint: bool) -> Callable:
@@ -241,6 +315,7 @@ class ShimOptions:
     width: int | None = None  # BaS-Net/WUM hidden width (None: the reference's 2048)
     test_last_only: int | None = None  # BaS-Net/WUM: evaluate only at this step
     l2_eps: float | None = None  # FAC-Net: an epsilon in its L2 normalisation (None: as published, none)
+    published_memory_index: bool = False  # ISSF: keep its memory's row-index bug (default: the class index)
 
 
 def install_shims(opts: ShimOptions) -> None:
@@ -252,6 +327,12 @@ def install_shims(opts: ShimOptions) -> None:
     stub = types.ModuleType("tensorboard_logger")
     stub.Logger = RecordingLogger
     sys.modules["tensorboard_logger"] = stub
+    if opts.model == "mmsd":
+        install_mmsd_shims()
+        return
+    if opts.model == "issf":
+        install_issf_shims(opts)
+        return
     if opts.model in ("rskp", "facnet"):
         names = ("options",) if opts.model == "rskp" else ("train_options", "test_options")
         for name in names:
@@ -266,8 +347,7 @@ def install_shims(opts: ShimOptions) -> None:
             branch = importlib.import_module("model.main_branch")
             branch.calculate_l1_norm = lambda f: l2_normalize(f, opts.l2_eps)
         evaluation = importlib.import_module("evaluation.eval")
-        evaluation.np = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
-        evaluation.np.array = _ragged_array(np.array)
+        evaluation.np = _numpy_with(array=_ragged_array(np.array))
         return
     config = importlib.import_module("config")
     config.class_dict.clear()
@@ -307,6 +387,42 @@ def install_shims(opts: ShimOptions) -> None:
         test_module.test = test
 
 
+def install_mmsd_shims() -> None:
+    """MMSD: its one code defect fixed (each stream's ``forward`` returns 4 values, ``WSTAL.forward`` unpacks 5:
+    a fifth ``None`` is appended, unused anywhere), the missing ``AttLoss`` import satisfied (unused), the
+    column-1024 split mapped to the middle column, untyped float options typed, ragged pseudo-label arrays."""
+    branch = importlib.import_module("model.main_branch")
+    four_values = branch.SingleStream.forward
+    branch.SingleStream.forward = lambda self, x: (*four_values(self, x), None)
+    wstal_forward = branch.WSTAL.forward
+    branch.WSTAL.forward = lambda self, x: wstal_forward(self, x.as_subclass(_JointTensor))
+    losses = importlib.import_module("model.losses")
+
+    class AttLoss:  # imported by train_Processor, defined nowhere, never instantiated
+        def __init__(self, *args, **kwargs):
+            raise NotImplementedError("MMSD's AttLoss is not part of its published code")
+    losses.AttLoss = AttLoss
+    for action in importlib.import_module("train_options").parser._actions:
+        if action.type is None and isinstance(action.default, float):
+            action.type = float
+    evaluation = importlib.import_module("evaluation.eval")
+    evaluation.np = _numpy_with(array=_ragged_array(np.array))
+
+
+def install_issf_shims(opts: ShimOptions) -> None:
+    """ISSF: extensionless source files made importable, ``thop`` (imported for an unused FLOP count) stubbed,
+    and unless ``published_memory_index`` the memory read/updated by the video's classes."""
+    sys.meta_path.insert(0, ExtensionlessFinder(Path(sys.path[0])))
+    thop = types.ModuleType("thop")
+
+    def profile(*args, **kwargs):
+        raise NotImplementedError("thop (a FLOP counter) is not installed; the comparison does not count FLOPs")
+    thop.profile = profile
+    sys.modules["thop"] = thop
+    if not opts.published_memory_index:
+        importlib.import_module("core.train").np = _numpy_with(where=_where_in_the_row)
+
+
 class SerialParallel:
     """``joblib.Parallel(n_jobs=...)(tasks)`` run in this process, one task after another."""
 
@@ -327,6 +443,7 @@ def reference_on_path(path: Path) -> Iterator[None]:
         yield
     finally:
         sys.path.remove(str(path))
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, ExtensionlessFinder)]
         for name in list(sys.modules):
             if name.split(".")[0] in REFERENCE_MODULES:
                 del sys.modules[name]
@@ -420,6 +537,26 @@ def port_weights(model_name: str, refs: list[torch.nn.Module], wtal: torch.nn.Mo
             pairs += [(ref.ac_center, stream.class_centers), (ref.fg_center, stream.fg_center),
                       (emb[0].weight, stream.embedding[0].weight), (emb[0].bias, stream.embedding[0].bias),
                       (emb[3].weight, stream.embedding[3].weight), (emb[3].bias, stream.embedding[3].bias)]
+    elif model_name == "mmsd":
+        (ref,) = refs
+        for m, emb in (("rgb", ref.rgb_embedding), ("flow", ref.flow_embedding)):
+            pairs += [(emb.process1[0].weight, wtal.first_layers[m][0].weight),
+                      (emb.process1[0].bias, wtal.first_layers[m][0].bias),
+                      (emb.process2[0].weight, wtal.embeddings[m][0].weight),
+                      (emb.process2[0].bias, wtal.embeddings[m][0].bias)]
+        pairs += [(ref.fusion_embedding[0].weight, wtal.embeddings["fused"][0].weight),
+                  (ref.fusion_embedding[0].bias, wtal.embeddings["fused"][0].bias)]
+        for stream, head in ((ref.rgb_stream, "rgb"), (ref.flow_stream, "flow"), (ref.peer_stream, "fused")):
+            pairs += [(stream.ac_center, wtal.heads[head].class_centers),
+                      (stream.fg_center, wtal.heads[head].fg_center)]
+    elif model_name == "issf":
+        (ref,) = refs
+        emb = ref.feature_embedding[0]
+        pairs = [(emb.weight, wtal.embedding.weight), (emb.bias, wtal.embedding.bias),
+                 (ref.ac_center, wtal.head.class_centers), (ref.fg_center, wtal.head.fg_center)]
+        gates = ((ref.channel_weights, wtal.salient_gate), (ref.channel_back_weights, wtal.nonsalient_gate))
+        for ref_gate, gate in gates:
+            pairs += [(ref_gate[0].weight, gate[0].weight), (ref_gate[2].weight, gate[2].weight)]
     elif model_name == "basnet":
         (ref,) = refs
         f, c = ref.filter_module, ref.cas_module
@@ -519,9 +656,31 @@ def _wtalc_args(module: str, root: Path, dim: int, classes: int, extra: list[str
     return args
 
 
+def _train_recording(train: Callable[[], None], optimizer: torch.optim.Optimizer, steps: int) -> list[float]:
+    """Run a reference's own training loop until ``steps`` optimiser steps; every ``backward()``'s loss."""
+    stop_after(optimizer, steps)
+    losses: list[float] = []
+    backward, original = record_backward(losses)
+    torch.Tensor.backward = backward
+    try:
+        train()
+    except StopTraining:
+        pass
+    finally:
+        torch.Tensor.backward = original
+    return losses
+
+
+def _dataset_videos(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(features, labels)`` of every video of a W-TALC reference's training dataset, in its index order."""
+    return [(np.asarray(dataset[i]["data"], dtype=np.float32), np.asarray(dataset[i]["labels"]))
+            for i in range(len(dataset))]
+
+
 def _run_wtal_videos(model: torch.nn.Module, videos: list[tuple[np.ndarray, np.ndarray]], orders: list[np.ndarray],
-                     batch: int, steps: int, optimizer: torch.optim.Optimizer, warmup: int | None) -> list[float]:
-    """wtal side of RSKP/FAC-Net: per-video losses summed into a gradient, a step every ``batch`` videos."""
+                     batch: int, steps: int, optimizer: torch.optim.Optimizer, epoch_end: bool) -> list[float]:
+    """wtal side of the W-TALC references: per-video losses summed into a gradient, a step every ``batch``
+    videos; ``epoch_end``: ``model.on_epoch_end`` after every epoch (memories, pseudo labels)."""
     losses: list[float] = []
     count = 0
     for epoch, order in enumerate(orders):
@@ -529,7 +688,7 @@ def _run_wtal_videos(model: torch.nn.Module, videos: list[tuple[np.ndarray, np.n
         for i in order:
             x, y = videos[int(i)]
             out = wtal_losses(model, torch.as_tensor(x, dtype=torch.float32).unsqueeze(0),
-                              torch.as_tensor(y, dtype=torch.float32).unsqueeze(0), epoch)
+                              torch.as_tensor(y, dtype=torch.float32).unsqueeze(0), epoch, int(i))
             out["total"].sum().backward()
             losses.append(float(out["total"].detach().sum()))
             count += 1
@@ -538,9 +697,44 @@ def _run_wtal_videos(model: torch.nn.Module, videos: list[tuple[np.ndarray, np.n
                 optimizer.zero_grad()
                 if count // batch >= steps:
                     return losses
-        if warmup is not None:
+        if epoch_end:
             model.on_epoch_end(epoch, wtal_train_batches(videos))
     return losses
+
+
+@contextlib.contextmanager
+def shuffled_loaders_replaced(loader: FixedOrderLoader) -> Iterator[None]:
+    """``DataLoader(..., shuffle=True)`` returns ``loader`` (MMSD re-creates its training loader after each
+    pseudo-label generation; the same fixed order continues)."""
+    original = torch.utils.data.DataLoader
+
+    def make(dataset, *args, shuffle=False, **kwargs):
+        return loader if shuffle else original(dataset, *args, shuffle=shuffle, **kwargs)
+    torch.utils.data.DataLoader = make
+    try:
+        yield
+    finally:
+        torch.utils.data.DataLoader = original
+
+
+def _same_steps_on_videos(host, dataset, ref_dropouts: list[torch.nn.Module], wtal: torch.nn.Module,
+                          wtal_dropouts: list[torch.nn.Module], s: StepSetting) -> tuple[list[float], list[float]]:
+    """RSKP, MMSD, ISSF: the reference's own loop (``host.train()``, ``host.optimizer_module``, batch 1 loaders) on
+    a fixed video order, then the wtal model on the same videos in the same order with the reference's Adam.
+    Before every training forward of the i-th module of ``*_dropouts`` the global generator is re-seeded, on both
+    sides alike, so the paired modules draw the same dropout masks. Returns the per-video losses of both."""
+    args = host.args
+    loader = FixedOrderLoader(dataset, s.seed)
+    host.train_data_loader = loader
+    for i, module in enumerate(ref_dropouts):
+        ReseedDropout(module, base=1000 * s.seed, offset=i, stride=len(ref_dropouts))
+    with shuffled_loaders_replaced(loader):
+        ref_losses = _train_recording(host.train, host.optimizer_module, s.steps)
+    for i, module in enumerate(wtal_dropouts):
+        ReseedDropout(module, base=1000 * s.seed, offset=i, stride=len(wtal_dropouts))
+    optimizer = torch.optim.Adam(wtal.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay)
+    videos = _dataset_videos(dataset)
+    return ref_losses, _run_wtal_videos(wtal, videos, loader.orders, args.batch_size, s.steps, optimizer, True)
 
 
 def steps_rskp(ref_path: Path, root: Path, dim: int, classes: int, s: StepSetting) -> dict:
@@ -554,27 +748,10 @@ def steps_rskp(ref_path: Path, root: Path, dim: int, classes: int, s: StepSettin
         args = _wtalc_args("options", root, dim, classes, ["--warmup-epoch", str(warmup), "--seed", str(s.seed),
                                                             "--max-epoch", "1000"])
         processor = processor_module.Processor(args)
-        dataset = processor.train_dataset
-        videos = [(np.asarray(dataset[i]["data"], dtype=np.float32), np.asarray(dataset[i]["labels"]))
-                  for i in range(len(dataset))]
         wtal = wtal_model("rskp", dim, classes, warmup_epoch=warmup)
         port_weights("rskp", [processor.model], wtal)
-        loader = FixedOrderLoader(dataset, s.seed)
-        processor.train_data_loader = loader
-        ReseedDropout(processor.model, base=1000 * s.seed)
-        stop_after(processor.optimizer_module, s.steps)
-        ref_losses: list[float] = []
-        backward, original = record_backward(ref_losses)
-        torch.Tensor.backward = backward
-        try:
-            processor.train()
-        except StopTraining:
-            pass
-        finally:
-            torch.Tensor.backward = original
-    ReseedDropout(wtal, base=1000 * s.seed)
-    optimizer = torch.optim.Adam(wtal.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay)
-    wtal_losses_ = _run_wtal_videos(wtal, videos, loader.orders, args.batch_size, s.steps, optimizer, warmup)
+        ref_losses, wtal_losses_ = _same_steps_on_videos(processor, processor.train_dataset, [processor.model], wtal,
+                                                         [wtal], s)
     return {"ref": ref_losses, "wtal": wtal_losses_, "per_step": args.batch_size,
             "setting": f"batch {args.batch_size}, lr {args.lr:g}, warm-up epoch {warmup} (memory from step 21)"}
 
@@ -602,18 +779,8 @@ def steps_facnet(ref_path: Path, root: Path, dim: int, classes: int, s: StepSett
             loader = FixedOrderLoader(dataset, s.seed)
             processor.train_data_loader = loader
             ReseedDropout(processor.model, base=1000 * s.seed, offset=run_type, stride=2)
-            stop_after(processor.optimizer_module, s.steps)
-            losses: list[float] = []
-            backward, original = record_backward(losses)
-            torch.Tensor.backward = backward
-            try:
-                processor.train()
-            except StopTraining:
-                pass
-            finally:
-                torch.Tensor.backward = original
+            stream_losses.append(_train_recording(processor.train, processor.optimizer_module, s.steps))
             orders.append(loader.orders)
-            stream_losses.append(losses)
     if any(not np.array_equal(a, b) for a, b in zip(orders[0], orders[1], strict=False)):
         raise RuntimeError("the RGB and flow runs saw different video orders")
     wtal = wtal_model("facnet", dim, classes)
@@ -622,10 +789,71 @@ def steps_facnet(ref_path: Path, root: Path, dim: int, classes: int, s: StepSett
         ReseedDropout(stream, base=1000 * s.seed, offset=i, stride=2)
     videos = [(np.concatenate([r, f], axis=1), y) for r, f, y in zip(rgb, flow, labels, strict=True)]
     optimizer = torch.optim.Adam(wtal.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay)
-    wtal_losses_ = _run_wtal_videos(wtal, videos, orders[0], args.batch_size, s.steps, optimizer, None)
+    wtal_losses_ = _run_wtal_videos(wtal, videos, orders[0], args.batch_size, s.steps, optimizer, False)
     ref_losses = [a + b for a, b in zip(*stream_losses, strict=True)]
     return {"ref": ref_losses, "wtal": wtal_losses_, "per_step": args.batch_size,
             "setting": f"batch {args.batch_size}, lr {args.lr:g}, RGB + flow loss per video"}
+
+
+def steps_mmsd(ref_path: Path, root: Path, dim: int, classes: int, s: StepSetting) -> dict:
+    """MMSD: the reference Processor's own loop (batch 10, lr 5e-5, its step decay not reached) with pseudo labels
+    generated after epochs 1 and 2 (``iter_list``; wtal ``label_epochs: [1, 2]``), so self-voting is in the loss
+    from the second epoch on."""
+    half = dim // 2
+    label_epochs = [1, 2]
+    with reference_on_path(ref_path):
+        install_shims(ShimOptions("mmsd", dim, []))
+        processor_module = importlib.import_module("train_Processor")
+        torch.manual_seed(s.seed)
+        args = _wtalc_args("train_options", root, half, classes, ["--seed", str(s.seed), "--max-epoch", "1000"])
+        args.iter_list = label_epochs
+        processor = processor_module.Processor(args)
+        dataset = processor.train_dataset
+        wtal = wtal_model("mmsd", dim, classes, label_epochs=tuple(label_epochs))
+        ref = processor.model
+        port_weights("mmsd", [ref], wtal)
+        generate = processor_module.generate_pseudo
+        # the generation pass reads every training video once; its order only permutes the stored results
+        processor_module.generate_pseudo = lambda _, *a: generate(torch.utils.data.DataLoader(dataset), *a)
+        # the five dropout layers in the same order on both sides (RGB first and second layer, flow first and
+        # second layer, fused layer), each re-seeded on its own: the two sides call them in different orders
+        ref_dropouts = [ref.rgb_embedding.process1[2], ref.rgb_embedding.process2[2], ref.flow_embedding.process1[2],
+                        ref.flow_embedding.process2[2], ref.fusion_embedding[2]]
+        wtal_dropouts = [wtal.first_layers["rgb"][2], wtal.embeddings["rgb"][2], wtal.first_layers["flow"][2],
+                         wtal.embeddings["flow"][2], wtal.embeddings["fused"][2]]
+        ref_losses, wtal_losses_ = _same_steps_on_videos(processor, dataset, ref_dropouts, wtal, wtal_dropouts, s)
+    n_videos = len(dataset)
+    steps_per_epoch = math.ceil(n_videos / args.batch_size)
+    # the reference divides the voters' label sum by count + 1e-4 (wtal: the plain mean), a relative change of
+    # up to 1e-4 of every voted label: the losses agree to float rounding only before the first generation
+    return {"ref": ref_losses, "wtal": wtal_losses_, "per_step": args.batch_size,
+            "videos_before_voting": n_videos * label_epochs[0],
+            "setting": f"batch {args.batch_size}, lr {args.lr:g}, pseudo labels after epochs {label_epochs} "
+                       f"(self-voting from step {steps_per_epoch + 1})"}
+
+
+def steps_issf(ref_path: Path, root: Path, dim: int, classes: int, s: StepSetting,
+               published_memory_index: bool = False) -> dict:
+    """ISSF: the reference ``Train`` loop (batch 10, lr 5e-5, wd 5e-4), its memory filled after epoch index 1 and
+    in the loss from epoch index 2 on; wtal with ``wrap_first_predecessor: true`` (the reference's index -1)."""
+    with reference_on_path(ref_path):
+        install_shims(ShimOptions("issf", dim, [], published_memory_index=published_memory_index))
+        train_module = importlib.import_module("core.train")
+        torch.manual_seed(s.seed)
+        args = issf_parser(ref_path).parse_args(
+            ["--dataset-dir", f"{root}/", "--dataset-name", WTALC_NAME, "--input-feat", str(dim), "--output-feat",
+             str(dim), "--class-num", str(classes), "--seed", str(s.seed), "--epoch", "1000", "--save_every", "100000"])
+        args.gpu_ids = []  # CPU, no DataLoader workers
+        trainer = train_module.Train(args)
+        wtal = wtal_model("issf", dim, classes, wrap_first_predecessor=True)
+        port_weights("issf", [trainer.model], wtal)
+        ref_losses, wtal_losses_ = _same_steps_on_videos(trainer, trainer.train_dataset, [trainer.model], wtal,
+                                                         [wtal], s)
+    steps_per_epoch = math.ceil(len(trainer.train_dataset) / args.batch_size)
+    index = "as published (class 0 for every video)" if published_memory_index else "the video's classes"
+    return {"ref": ref_losses, "wtal": wtal_losses_, "per_step": args.batch_size,
+            "setting": f"batch {args.batch_size}, lr {args.lr:g}, memory from step {2 * steps_per_epoch + 1}, "
+                       f"reference memory index: {index}"}
 
 
 def _folder_batches(dataset, steps: int, batch: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -836,6 +1064,9 @@ def end2end_wtal(model_name: str, wtalc_root: Path, run: Path, epochs: int, seed
 
 # ============================================================================================ main
 
+STEPS_ONLY = ("mmsd", "issf")  # models compared step by step only (no end-to-end runner)
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -850,7 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
         run_reference(argv[1:])
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, choices=["rskp", "facnet", "basnet", "wum"])
+    p.add_argument("--model", required=True, choices=["rskp", "facnet", "basnet", "wum", "mmsd", "issf"])
     p.add_argument("--reference", required=True, type=Path, help="checkout of the model's public code")
     p.add_argument("--data", type=Path, default=None, help="a `wtal synth` folder (default: generate 256-d, seed 0)")
     p.add_argument("--out", type=Path, default=Path("fidelity_out"))
@@ -867,15 +1098,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-l2-eps", type=float, default=None,
                    help="FAC-Net end to end: add this epsilon to the reference's L2 normalisation (as published it "
                         "has none, and its loss turns NaN on 128-d streams)")
+    p.add_argument("--published-memory-index", action="store_true",
+                   help="ISSF steps: keep the reference's memory class index as published (every video reads and "
+                        "updates class 0's memory)")
     p.add_argument("--tag", default="", help="suffix of the run folders and of the JSON report")
     a = p.parse_args(argv)
+    if a.model in STEPS_ONLY and a.mode != "steps":
+        p.error(f"--model {a.model}: only --mode steps is implemented")
     torch.set_num_threads(1)
     seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
     out = a.out.resolve()
     ref_path = a.reference.resolve()
     annotations, features, layout = load_synthetic(a.data, out)
     dim, classes = layout.dim, list(annotations.classes)
-    layout_name = "wtalc" if a.model in ("rskp", "facnet") else "folders"
+    layout_name = "folders" if a.model in ("basnet", "wum") else "wtalc"
     data_root = out / "data" / layout_name
     wtalc_root = export_wtalc(out / "data" / "wtalc", annotations, features)
     if layout_name == "folders":
@@ -888,6 +1124,11 @@ def main(argv: list[str] | None = None) -> int:
             result = steps_rskp(ref_path, out / "data" / "wtalc", dim, len(classes), setting)
         elif a.model == "facnet":
             result = steps_facnet(ref_path, out / "data" / "wtalc", dim, len(classes), setting)
+        elif a.model == "mmsd":
+            result = steps_mmsd(ref_path, out / "data" / "wtalc", dim, len(classes), setting)
+        elif a.model == "issf":
+            result = steps_issf(ref_path, out / "data" / "wtalc", dim, len(classes), setting,
+                                a.published_memory_index)
         else:
             result = steps_folders(a.model, ref_path, data_root, dim, classes, setting)
         report["steps"] = summarize_steps(result)
