@@ -16,8 +16,9 @@ controls, the mean over ``--permutations`` seeded shuffles (:func:`permute_withi
 the ranked list predicted for a random query (any video), or for a random sentence of its own video (itself
 included). The gap between a file and its shuffles is what its predictions owe to the query; the gap between
 the two shuffles, to the sentence rather than the video. Also printed: the mean length and centre of the
-top-1 segments (fractions of the duration) against the test moments' and the prior's. With several files, a
-last row gives the mean and sample standard deviation over them.
+top-1 segments (fractions of the duration) against the test moments' and the prior's, and how the top-1
+centres correlate with the moments' centres. With several files, a last row gives the mean and sample standard
+deviation over them.
 """
 
 from __future__ import annotations
@@ -75,9 +76,16 @@ def shuffled(segments: np.ndarray, counts: np.ndarray, moments: np.ndarray, grou
     return np.mean(values, axis=0)
 
 
-def top1_shape(segments: np.ndarray) -> str:
+def top1_shape(segments: np.ndarray, moments: np.ndarray | None = None) -> str:
+    """Mean length and centre of the top-1 segments; with ``moments``, the Pearson correlation of the top-1
+    centres with the moments' centres (near 0 for a prediction that ignores where the moment is)."""
     top = segments[:, 0]
-    return f"top-1 length {np.mean(top[:, 1] - top[:, 0]):.3f}, centre {np.mean(top.mean(axis=1)):.3f}"
+    text = f"top-1 length {np.mean(top[:, 1] - top[:, 0]):.3f}, centre {np.mean(top.mean(axis=1)):.3f}"
+    if moments is None:
+        return text
+    centres = top.mean(axis=1)
+    corr = f"{np.corrcoef(centres, moments.mean(axis=1))[0, 1]:.3f}" if np.ptp(centres) > 0 else "n/a (constant)"
+    return f"{text}, correlation with the moments' centres {corr}"
 
 
 def score_predictions(paths: list[str], test, moments: np.ndarray, permutations: int) -> None:
@@ -91,7 +99,7 @@ def score_predictions(paths: list[str], test, moments: np.ndarray, permutations:
         print(row("  shuffled across queries", shuffled(segments, counts, moments, np.zeros(len(test)),
                                                         permutations)))
         print(row("  shuffled within each video", shuffled(segments, counts, moments, videos, permutations)))
-        print(f"  {top1_shape(segments)}")
+        print(f"  {top1_shape(segments, moments)}")
     if len(as_is) > 1:
         print(row(f"mean ± sample std over {len(as_is)} files", np.mean(as_is, axis=0), np.std(as_is, axis=0, ddof=1)))
 

@@ -78,6 +78,7 @@ def test_script_end_to_end(tmp_path):
     miou_whole = float(lines[whole].split("|")[2])
     assert mean == f"{(100 + miou_whole) / 2:.2f} ± {np.std([100, miou_whole], ddof=1):.2f}"
     assert "top-1 length 1.000, centre 0.500" in out  # the whole-video file
+    assert "top-1 length 0.300, centre" in out and "correlation with the moments' centres 1.000" in out  # perfect
 
 
 def test_script_refuses_a_prediction_for_another_file(tmp_path):
