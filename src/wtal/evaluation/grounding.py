@@ -22,7 +22,8 @@ predicted segments to the video and requires exactly one entry per query, with t
 **Baselines** (fractions of the duration, for comparison with a trained model): the whole video
 (:func:`whole_video_segments`); a fixed-length prior (:func:`fit_prior_segments`, fitted on moments the caller
 may use: the validation part carved from the training videos, never the training timestamps used for
-learning, never the test moments); uniformly random segments (:func:`random_segments`).
+learning, never the test moments); uniformly random segments (:func:`random_segments`); a model's own
+predictions moved to other queries (:func:`permute_within`), to see how much of its score the sentence earns.
 """
 
 from __future__ import annotations
@@ -195,6 +196,16 @@ def _parse_prediction(entry, index: int, path: Path) -> GroundingPrediction:
 def evaluate_grounding(predictions: Sequence[GroundingPrediction], queries: QuerySet,
                        thresholds: Sequence[float] = GROUNDING_THRESHOLDS) -> GroundingReport:
     """Evaluate predictions (seconds) against annotated queries: one prediction per query, same video."""
+    fractions, counts = prediction_fractions(predictions, queries)
+    durations = np.array([q.duration for q in queries], dtype=np.float64)
+    moments = seconds_to_fraction(queries.moments(), durations[:, None])
+    return grounding_recall(fractions, counts, moments, thresholds)
+
+
+def prediction_fractions(predictions: Sequence[GroundingPrediction],
+                         queries: QuerySet) -> tuple[np.ndarray, np.ndarray]:
+    """The ranked segments of ``predictions`` in the order of ``queries`` as fractions of the duration clipped to
+    [0, 1] (``(N, k, 2)``, NaN-padded, at most five) and their counts; one prediction per query, same video."""
     by_query = {p.query: p for p in predictions}
     missing = [q.id for q in queries if q.id not in by_query]
     if missing:
@@ -209,12 +220,9 @@ def evaluate_grounding(predictions: Sequence[GroundingPrediction], queries: Quer
             raise WtalInputError(f"query {q.id} is about video {q.video!r} but its prediction names "
                                  f"{by_query[q.id].video!r}", path=queries.source, video=q.video,
                                  fix="evaluate against the file that was predicted")
-    ranked = [by_query[q.id].segments for q in queries]
-    segments, counts = pad_segments(ranked)
+    segments, counts = pad_segments([by_query[q.id].segments for q in queries])
     durations = np.array([q.duration for q in queries], dtype=np.float64)
-    fractions = np.clip(seconds_to_fraction(segments, durations[:, None, None]), 0.0, 1.0)
-    moments = seconds_to_fraction(queries.moments(), durations[:, None])
-    return grounding_recall(fractions, counts, moments, thresholds)
+    return np.clip(seconds_to_fraction(segments, durations[:, None, None]), 0.0, 1.0), counts
 
 
 def pad_segments(ranked: Sequence[np.ndarray], limit: int = TOP_N) -> tuple[np.ndarray, np.ndarray]:
@@ -250,6 +258,19 @@ def whole_video_segments(num_queries: int) -> np.ndarray:
 def random_segments(num_queries: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """``(N, k, 2)`` segments with start and end the sorted pair of two uniform draws in [0, 1]."""
     return np.sort(rng.random((num_queries, k, 2)), axis=2)
+
+
+def permute_within(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation ``perm`` of ``range(len(groups))`` with ``groups[perm[i]] == groups[i]``: row ``i``
+    takes the row of a random member of its own group (itself included). With every query's video as its group,
+    ``segments[perm]`` scores each query with the prediction for a sentence of the same video: a control for
+    whether a model's ranking depends on the sentence; with one group, on the query at all."""
+    groups = np.asarray(groups)
+    by_group = np.lexsort((np.arange(len(groups)), groups))  # each group's rows in order
+    shuffled = np.lexsort((rng.random(len(groups)), groups))  # each group's rows in random order
+    perm = np.empty(len(groups), dtype=np.int64)
+    perm[by_group] = shuffled
+    return perm
 
 
 def fit_prior_segments(moments: np.ndarray, k: int = TOP_N, grid: float = 0.01) -> np.ndarray:
