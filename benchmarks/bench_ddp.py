@@ -1,7 +1,8 @@
 """Multi-process training on one machine: time per epoch of 1 process vs N gloo processes, and how far the
 N-process weights end from the single process's.
 
-    python benchmarks/bench_ddp.py --data DIR --out OUTDIR [--config rskp] [--epochs 10] [--processes 2]
+    python benchmarks/bench_ddp.py --data DIR --out OUTDIR [--config rskp] [--epochs 10] [--processes 2] \
+        [--set KEY=VALUE ...]
 
 Runs (skipped when their report exists): one process with one torch thread, one process with N threads, and
 N processes of one thread each (``torchrun --standalone``); all with the config's seed and batch. The table
@@ -31,6 +32,8 @@ def train(cmd_prefix: list[str], args: argparse.Namespace, out: Path, threads: i
         cmd = [*cmd_prefix, "-m", "wtal.cli", "train", "--config", args.config, "--data", str(args.data),
                "--out", str(out), "--epochs", str(args.epochs), "--device", "cpu",
                "--set", f"train.num_threads={threads}", "--set", "train.progress=false"]
+        for override in args.overrides:
+            cmd += ["--set", override]
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     return out
 
@@ -54,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="rskp", help="shipped config name or path (default: rskp)")
     p.add_argument("--epochs", type=int, default=10, help="--epochs of the runs (default: 10)")
     p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override of every run, applied after --epochs rescales the schedule (e.g. "
+                        "data.batch_size=10)")
     args = p.parse_args(argv)
     n = args.processes
     single = train([sys.executable], args, args.out / "single-1thread", 1)
