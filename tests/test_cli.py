@@ -183,8 +183,10 @@ def test_sigint_during_training_prints_one_line_and_resume_finishes_the_run(tmp_
             "--device", "cpu", "--set", "train.num_threads=1", "--set", "train.eval_every=1000",
             "--set", "model.params.embed_dim=8"]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
+    # the child's Ctrl-C as a terminal gives it, whatever this process inherited (a shell's background job
+    # starts with SIGINT ignored, and an ignored SIGINT stays ignored across exec)
     proc = subprocess.Popen([sys.executable, "-m", "wtal.cli", *argv], stderr=subprocess.PIPE, env=env,
-                            umask=0o027)
+                            umask=0o027, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # The run takes about a second: a small pipe read in small pieces holds the child back (its log writes
     # block) to within a few dozen epochs of what has been read, so the interrupt lands mid-run however late
     # this process reacts.
