@@ -208,26 +208,24 @@ def variants_in_order(tables: dict[str, list[Line]], task: str = "detection") ->
 # ----------------------------------------------------------------------------------------------- training
 
 
+def run_spec(v: Variant, seed: int, args: argparse.Namespace) -> shared.RunSpec:
+    """The variant's run at ``seed``: a student names its teacher variant's run of the same seed."""
+    teacher = (f"teacher.run={run_folder(args.out, v.teacher, seed)}",) if v.teacher else ()
+    return shared.RunSpec(v.name, v.config, (*v.overrides, *teacher), seed)
+
+
 def run_folder(out: Path, variant: str, seed: int) -> Path:
-    return out / "runs" / variant / f"seed{seed}"
+    return shared.RunSpec(variant, "", (), seed).folder(out)
 
 
 def overrides(v: Variant, seed: int, args: argparse.Namespace) -> list[str]:
-    teacher = [f"teacher.run={run_folder(args.out, v.teacher, seed)}"] if v.teacher else []
-    return [f"train.num_threads={args.threads}", "train.progress=false", *v.overrides, *teacher, *args.overrides]
+    """Every ``--set`` of the variant's run, in the order the runner passes them."""
+    return [f"train.num_threads={args.threads}", "train.progress=false", *run_spec(v, seed, args).overrides,
+            *args.overrides]
 
 
 def train_command(v: Variant, seed: int, args: argparse.Namespace) -> list[str]:
-    folder = run_folder(args.out, v.name, seed)
-    cmd = ["nice", "-n", str(args.nice), sys.executable, "-m", "wtal.cli", "train", "--config",
-           str(CONFIG_DIR / v.config), "--data", str(args.data), "--seed", str(seed), "--out", str(folder)]
-    if args.epochs is not None:
-        cmd += ["--epochs", str(args.epochs)]
-    for item in overrides(v, seed, args):
-        cmd += ["--set", item]
-    if (folder / "checkpoints" / "last.pt").is_file():
-        cmd.append("--resume")
-    return cmd
+    return ["nice", "-n", str(args.nice), *shared.train_command(run_spec(v, seed, args), args)]
 
 
 def measured_run(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int, dict[str, float]]:
