@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from wtal.localize.fusion import (
     copies_to_rows,
+    fit_template,
     fuse_by_class,
     fuse_instances,
     greedy_groups,
@@ -143,6 +145,15 @@ def test_t_template_resists_an_outlier_and_solves_its_estimating_equation():
     scale2 = 3.0 * g @ (starts - g @ starts) ** 2
     r = starts - s[0]
     assert abs(g @ (r / (scale2 + r * r))) < 1e-9
+
+
+def test_t_template_under_a_one_hot_weighting_is_the_dominant_value_without_overflow():
+    """Weights of 1e-310 leave a scale near 1e-310: the outliers' distance ratios pass the float range. Their
+    weights are 0 in the limit, so the location is the dominant member's value, with no overflow warning."""
+    values, g, bounds = np.array([[0.0, 1.0, 5.0]]), np.array([1.0, 1e-310, 1e-309]), np.array([0, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit_template(values, g, bounds, "t").tolist() == [[0.0]]
 
 
 def test_empty_single_and_identical_instances():

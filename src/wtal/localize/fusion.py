@@ -391,9 +391,13 @@ def _t_location(values: np.ndarray, g: np.ndarray, bounds: np.ndarray, dof: floa
     spread = scale2 > 0
     scale2 = np.where(spread, scale2, 1.0)
     for _ in range(max_iter):
-        u = g / (1.0 + (values - mu[:, group]) ** 2 / scale2[:, group])
-        new = np.add.reduceat(u * values, offsets, axis=1) / np.add.reduceat(u, offsets, axis=1)
-        new = np.where(spread, new, mu)
+        # a near-one-hot weighting (a low softmax temperature) leaves a tiny scale: a squared distance over it can
+        # pass the float range, which gives the weight 0, its limit; a group whose weights all vanish keeps mu
+        with np.errstate(over="ignore"):
+            u = g / (1.0 + (values - mu[:, group]) ** 2 / scale2[:, group])
+        total = np.add.reduceat(u, offsets, axis=1)
+        new = np.add.reduceat(u * values, offsets, axis=1) / np.where(total > 0, total, 1.0)
+        new = np.where(spread & (total > 0), new, mu)
         done = np.all(np.abs(new - mu) <= 1e-12 * (1.0 + np.abs(mu)))
         mu = new
         if done:
