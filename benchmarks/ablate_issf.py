@@ -1,7 +1,7 @@
 """ISSF ablations: its modules switched off one by one in the shipped config, and ISSF against RSKP and MIL.
 
     python benchmarks/ablate_issf.py --data DIR --epochs N --seeds 0,1,2 --out OUTDIR [--tables modules,models]
-        [--baselines DIR] [--jobs 1] [--threads 1] [--set KEY=VALUE ...]
+        [--reuse VARIANT=PATTERN ...] [--jobs 1] [--threads 1] [--set KEY=VALUE ...]
 
 Tables (``--tables``):
 
@@ -12,10 +12,9 @@ Tables (``--tables``):
   the embedded snippets, the memory branch labelling the base branch); the full model. Gain rows are
   per-seed paired differences.
 * ``models``: ``issf.yaml``, ``rskp.yaml`` and ``mil.yaml`` (the shipped configs, same data, epochs and seeds).
-  ``--baselines DIR`` reuses finished runs ``DIR/{rskp,mil}_s{SEED}`` (linked into OUTDIR) when their saved
-  config has the same data and number of epochs; others are trained here.
 
-Runs, resuming, ``--set`` and the output (mean ± sample std over the finished seeds, percent, on stdout and in
+Runs, resuming, ``--set``, ``--reuse`` (finished runs of a variant, e.g. ``--reuse rskp=DIR/rskp_s{seed}``,
+checked against its recipe) and the output (mean ± sample std over the finished seeds, percent, on stdout and in
 ``OUTDIR/ablation.json``) work as in ``ablate_gaufuse.py``, whose run machinery this script uses.
 """
 
@@ -23,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import yaml
 from experiments import Row, Table, add_run_arguments, check_run_arguments, run_tables
 
 TABLE_KEYS = ("modules", "models")
@@ -65,35 +62,10 @@ def build_tables(keys: list[str]) -> dict[str, Table]:
     return tables
 
 
-def link_baselines(args: argparse.Namespace) -> list[str]:
-    """Link ``BASELINES/{model}_s{seed}`` runs with a report into ``OUT/runs/{model}/seed{seed}`` when their
-    config has this run's data and epochs; returns what was linked."""
-    linked = []
-    for model in ("rskp", "mil"):
-        for seed in args.seeds:
-            source = args.baselines / f"{model}_s{seed}"
-            target = args.out / "runs" / model / f"seed{seed}"
-            if target.exists() or target.is_symlink() or not (source / "report.json").is_file():
-                continue
-            # read as plain YAML: a run saved by another wtal version may hold keys this one does not know
-            cfg = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
-            same = (Path(cfg["data"]["path"]).resolve() == args.data and cfg["train"]["seed"] == seed
-                    and (args.epochs is None or cfg["train"]["epochs"] == args.epochs)
-                    and cfg["model"]["name"] == model)
-            if not same:
-                print(f"  not reusing {source}: other data, seed or epochs", flush=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(source.resolve(), target_is_directory=True)
-            linked.append(str(source))
-    return linked
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_run_arguments(p)
     p.add_argument("--tables", default=",".join(TABLE_KEYS), help=f"comma-separated among {', '.join(TABLE_KEYS)}")
-    p.add_argument("--baselines", type=Path, default=None, help="folder of finished rskp_sS / mil_sS runs")
     args = p.parse_args(argv)
     check_run_arguments(p, args)
     keys = [k.strip() for k in args.tables.split(",") if k.strip()]
@@ -106,8 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tables = build_tables(args.tables)
-    linked = link_baselines(args) if args.baselines is not None and "models" in args.tables else []
-    return run_tables(tables, args, "ablation.json", linked_baselines=linked)
+    return run_tables(tables, args, "ablation.json")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import experiments as shared  # noqa: E402  (the experiment runner's metrics and table helpers)
 
 from wtal.atomic import write_json_atomic  # noqa: E402
-from wtal.engine.config import load_run_config, resolve_config  # noqa: E402
+from wtal.engine.config import resolve_config  # noqa: E402
 
 CONFIG_DIR = shared.CONFIG_DIR
 #: the headline metric of each task (the gap a student closes is measured in it)
@@ -60,8 +60,6 @@ HEADLINE = {"detection": "AVG(0.1:0.7)", "grounding": "mIoU"}
 GAP_ENDS = {"detection": ("rskp_rgb", "lgmd_teacher"), "grounding": ("cpl_rgb", "lgmd_teacher_cpl")}
 UNITS = {"detection": "test mAP %", "grounding": "test recall % and mIoU %"}
 TABLES = ("main", "design")
-# config keys that do not change what a run learns
-NEUTRAL_KEYS = (("train", "progress"), ("train", "num_threads"), ("train", "tensorboard"))
 
 
 @dataclass(frozen=True)
@@ -218,12 +216,6 @@ def run_folder(out: Path, variant: str, seed: int) -> Path:
     return shared.RunSpec(variant, "", (), seed).folder(out)
 
 
-def overrides(v: Variant, seed: int, args: argparse.Namespace) -> list[str]:
-    """Every ``--set`` of the variant's run, in the order the runner passes them."""
-    return [f"train.num_threads={args.threads}", "train.progress=false", *run_spec(v, seed, args).overrides,
-            *args.overrides]
-
-
 def train_command(v: Variant, seed: int, args: argparse.Namespace) -> list[str]:
     return ["nice", "-n", str(args.nice), *shared.train_command(run_spec(v, seed, args), args)]
 
@@ -238,39 +230,6 @@ def measured_run(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int, d
     cost = {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.perf_counter() - start,
             "max_rss_mib": usage.ru_maxrss / 1024.0}
     return proc.returncode, cost
-
-
-def check_reused(v: Variant, seed: int, folder: Path, args: argparse.Namespace) -> None:
-    """Refuse a reused run whose resolved config is not the row's recipe (learning-neutral keys aside)."""
-    want = resolve_config(CONFIG_DIR / v.config, overrides=overrides(v, seed, args), epochs=args.epochs,
-                          seed=seed, data_path=args.data).to_dict()
-    have = load_run_config(folder / "config.yaml").to_dict()
-    for section, key in NEUTRAL_KEYS:
-        want[section].pop(key, None)
-        have[section].pop(key, None)
-    if want != have:
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        raise SystemExit(f"--reuse {v.name}: {folder} was not made by {v.config} at these settings "
-                         f"(sections differ: {diff})")
-
-
-def link_reused(variants: list[Variant], args: argparse.Namespace) -> None:
-    for v in variants:
-        pattern = args.reuse.get(v.name)
-        if pattern is None:
-            continue
-        for seed in args.seeds:
-            source = Path(pattern.format(seed=seed)).resolve()
-            if not (source / "report.json").is_file():
-                print(f"  --reuse {v.name}: {source} has no report.json (yet); seed {seed} left out", flush=True)
-                continue
-            check_reused(v, seed, source, args)
-            link = run_folder(args.out, v.name, seed)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink() and link.resolve() != source:
-                link.unlink()
-            if not link.exists():
-                link.symlink_to(source, target_is_directory=True)
 
 
 def train_all(variants: list[Variant], args: argparse.Namespace) -> list[str]:
@@ -414,13 +373,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--tables: use some of {', '.join(TABLES)} (got {args.tables!r})")
     if not args.seeds or args.threads < 1:
         p.error("give at least one seed and --threads >= 1")
-    reuse = {}
-    for item in args.reuse:
-        name, sep, pattern = item.partition("=")
-        if not sep or not name or "{seed}" not in pattern:
-            p.error(f"--reuse {item!r}: write VARIANT=PATTERN with {{seed}} in the pattern")
-        reuse[name] = pattern
-    args.reuse = reuse
+    args.reuse = shared.parse_reuse(p, args.reuse)
     args.data, args.out = args.data.resolve(), args.out.resolve()
     return args
 
@@ -431,10 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs = args.epochs or resolve_config(CONFIG_DIR / student).train.epochs
     tables = build_tables(args.tables, epochs, args.task)
     variants = variants_in_order(tables, args.task)
-    unknown = set(args.reuse) - {v.name for v in variants}
-    if unknown:
-        raise SystemExit(f"--reuse names no variant of these tables: {sorted(unknown)}")
-    link_reused(variants, args)
+    shared.link_reused([run_spec(v, seed, args) for seed in args.seeds for v in variants], args)
     failed = train_all(variants, args) if args.train else []
     summaries = results(tables, args.seeds, args.out, args.task)
     print_tables(summaries, args.task)

@@ -1,7 +1,7 @@
 """MMSD ablations: distillation and self-voting switched off, each stream's own test mAP, and MMSD next to baselines.
 
     python benchmarks/ablate_mmsd.py --data DIR --epochs N --seeds 0,1,2 --out OUTDIR \
-        [--baselines rskp,mil] [--baseline-runs DIR] [--jobs 1] [--threads 1] [--set KEY=VALUE ...]
+        [--baselines rskp,mil] [--reuse VARIANT=PATTERN ...] [--jobs 1] [--threads 1] [--set KEY=VALUE ...]
 
 Rows (every one is ``configs/mmsd.yaml`` with at most the switches below, so a row differs from the shipped
 model only in what it names):
@@ -15,9 +15,10 @@ For every run the selected checkpoint is scored on the test split with the shipp
 run's own ``report.json``) and with each stream alone: ``model.params.test_stream_weights`` ``[1, 0, 0]`` (RGB),
 ``[0, 1, 0]`` (flow), ``[0, 0, 1]`` (fused), the rest of the recipe unchanged (cached in
 ``RUN/test_time/streams.json``). ``--baselines`` adds the plain runs of those configs at the same
-``--epochs`` and seeds; with ``--baseline-runs DIR`` a finished ``DIR/MODEL_sSEED/report.json`` is used instead of
-training it again. The epoch-time table takes the median ``train_seconds`` of each run's ``metrics.jsonl``
-(wall-clock seconds of the training part of an epoch; on a shared machine they measure the contention too).
+``--epochs`` and seeds; ``--reuse rskp=DIR/rskp_s{seed}`` uses finished runs of a variant instead of training it
+(each checked against the variant's recipe). The epoch-time table takes the median ``train_seconds`` of each
+run's ``metrics.jsonl`` (wall-clock seconds of the training part of an epoch; on a shared machine they measure the
+contention too).
 
 Runs live in ``OUTDIR/runs/VARIANT/seedS`` (training as ``benchmarks/ablate_gaufuse.py`` does: finished runs are
 skipped, interrupted ones resumed). Cells are mean ± sample std over the seeds (percent); tables go to stdout
@@ -39,6 +40,7 @@ from experiments import (
     RunSpec,
     add_run_arguments,
     check_run_arguments,
+    link_reused,
     markdown,
     report_metrics,
     train_all,
@@ -65,15 +67,6 @@ STREAMS = {"shipped (0.2 RGB + 0.4 flow + 0.4 fused)": None, "RGB alone": [1.0, 
 def ablation_specs(seeds: list[int]) -> list[RunSpec]:
     """The ablation runs, seed by seed (every row gets its first seed before any row its second)."""
     return [RunSpec(variant, CONFIG, switches, seed) for seed in seeds for _, variant, switches in VARIANTS]
-
-
-def baseline_folder(model: str, seed: int, args: argparse.Namespace) -> Path:
-    """A finished run of ``MODEL.yaml`` from ``--baseline-runs`` when there is one, else this ablation's own."""
-    if args.baseline_runs is not None:
-        given = args.baseline_runs / f"{model}_s{seed}"
-        if (given / "report.json").is_file():
-            return given
-    return RunSpec(model, f"{model}.yaml", (), seed).folder(args.out)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -141,7 +134,8 @@ def build_tables(args: argparse.Namespace) -> dict[str, dict]:
     full_rows = [aggregate(label, {s: report_metrics(json.loads((f / "report.json").read_text())["test"])
                                    for s, f in runs[variant].items()}) for label, variant, _ in VARIANTS]
     compare = [("MMSD", {s: f for s, f in runs["mmsd"].items()})]
-    compare += [(model.upper(), {s: baseline_folder(model, s, args) for s in seeds}) for model in args.baselines]
+    compare += [(model.upper(), {s: RunSpec(model, f"{model}.yaml", (), s).folder(out) for s in seeds})
+                for model in args.baselines]
     compare = [(label, {s: f for s, f in folders.items() if finished(f)}) for label, folders in compare]
     compare_rows = [aggregate(label, {s: report_metrics(json.loads((f / "report.json").read_text())["test"])
                                       for s, f in folders.items()}) for label, folders in compare]
@@ -164,23 +158,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_run_arguments(p)
     p.add_argument("--baselines", default="rskp,mil", help="configs trained next to MMSD (comma-separated; '' none)")
-    p.add_argument("--baseline-runs", type=Path, default=None,
-                   help="folder with finished baseline runs MODEL_sSEED/ (used instead of training them)")
     args = p.parse_args(argv)
     check_run_arguments(p, args)
     args.baselines = [m.strip() for m in args.baselines.split(",") if m.strip()]
     missing = [f"{m}.yaml" for m in args.baselines if not (CONFIG_DIR / f"{m}.yaml").is_file()]
     if missing:
         p.error(f"no config {', '.join(missing)} in {CONFIG_DIR}")
-    args.baseline_runs = args.baseline_runs.resolve() if args.baseline_runs is not None else None
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     specs = ablation_specs(args.seeds)
-    specs += [RunSpec(m, f"{m}.yaml", (), s) for m in args.baselines for s in args.seeds
-              if not finished(baseline_folder(m, s, args))]
+    specs += [RunSpec(m, f"{m}.yaml", (), s) for m in args.baselines for s in args.seeds]
+    link_reused(specs, args)
     failed = train_all(specs, args)
     torch.set_num_threads(args.threads)  # in-process evaluation of the single-stream rows
     tables = build_tables(args)

@@ -25,7 +25,8 @@ import numpy as np
 from wtal.atomic import write_json_atomic
 from wtal.data.sources import load_annotations
 from wtal.engine.command import predict_command
-from wtal.engine.config import load_run_config
+from wtal.engine.config import load_run_config, resolve_config
+from wtal.errors import WtalInputError
 from wtal.evaluation.detection import detection_map
 from wtal.localize import LocalizeConfig, localize_videos, read_cas_file
 
@@ -94,23 +95,84 @@ def run_specs(tables: dict[str, Table], seeds: list[int]) -> list[RunSpec]:
 # --------------------------------------------------------------------------------------------- training
 
 
+def run_overrides(spec: RunSpec, args: argparse.Namespace) -> list[str]:
+    """Every ``--set`` of the run, in the order the runner passes them."""
+    return [f"train.num_threads={args.threads}", "train.progress=false", *spec.overrides, *args.overrides]
+
+
 def train_command(spec: RunSpec, args: argparse.Namespace) -> list[str]:
     folder = spec.folder(args.out)
     cmd = [sys.executable, "-m", "wtal.cli", "train", "--config", str(CONFIG_DIR / spec.config),
-           "--data", str(args.data), "--seed", str(spec.seed), "--out", str(folder),
-           "--set", f"train.num_threads={args.threads}", "--set", "train.progress=false"]
+           "--data", str(args.data), "--seed", str(spec.seed), "--out", str(folder)]
     if args.epochs is not None:
         cmd += ["--epochs", str(args.epochs)]
-    for override in (*spec.overrides, *args.overrides):
+    for override in run_overrides(spec, args):
         cmd += ["--set", override]
     if (folder / "checkpoints" / "last.pt").is_file():
         cmd.append("--resume")  # an interrupted run: continue it
     return cmd
 
 
+#: keys that do not change what a run learns: a reused run may differ from the recipe in these
+NEUTRAL_KEYS = (("train", "progress"), ("train", "num_threads"), ("train", "tensorboard"))
+
+
+def parse_reuse(p: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--reuse VARIANT=PATTERN`` items (``{seed}`` in the pattern) as ``{variant: pattern}``."""
+    reuse = {}
+    for item in items:
+        name, sep, pattern = item.partition("=")
+        if not sep or not name or "{seed}" not in pattern:
+            p.error(f"--reuse {item!r}: write VARIANT=PATTERN with {{seed}} in the pattern")
+        reuse[name] = pattern
+    return reuse
+
+
+def check_reused(spec: RunSpec, folder: Path, args: argparse.Namespace) -> None:
+    """Refuse a reused run whose saved config is not the recipe ``spec`` trains (learning-neutral keys aside)."""
+    want = resolve_config(CONFIG_DIR / spec.config, overrides=run_overrides(spec, args), epochs=args.epochs,
+                          seed=spec.seed, data_path=args.data).to_dict()
+    try:
+        have = load_run_config(folder / "config.yaml").to_dict()
+    except WtalInputError as exc:
+        raise SystemExit(f"--reuse {spec.variant}: cannot read {folder / 'config.yaml'} ({exc})") from exc
+    for section, key in NEUTRAL_KEYS:
+        want[section].pop(key, None)
+        have[section].pop(key, None)
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        raise SystemExit(f"--reuse {spec.variant}: {folder} was not made by {spec.config} at these settings "
+                         f"(sections differ: {diff}); train it here instead (drop this --reuse)")
+
+
+def link_reused(specs: list[RunSpec], args: argparse.Namespace) -> None:
+    """Link each finished run named by ``--reuse`` into the run folder of its variant and seed, after checking its
+    recipe; a reused variant's seed without a finished run is left out (not trained here)."""
+    unknown = set(args.reuse) - {s.variant for s in specs}
+    if unknown:
+        raise SystemExit(f"--reuse names no variant of these tables: {sorted(unknown)}")
+    for spec in specs:
+        pattern = args.reuse.get(spec.variant)
+        if pattern is None:
+            continue
+        source = Path(pattern.format(seed=spec.seed)).resolve()
+        if not (source / "report.json").is_file():
+            print(f"  --reuse {spec.variant}: {source} has no report.json (yet); seed {spec.seed} left out",
+                  flush=True)
+            continue
+        check_reused(spec, source, args)
+        link = spec.folder(args.out)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() and link.resolve() != source:
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(source, target_is_directory=True)
+
+
 def train_all(specs: list[RunSpec], args: argparse.Namespace) -> list[str]:
-    """Train every run without a report, ``args.jobs`` at a time; returns the failed runs' log paths."""
-    todo = [s for s in specs if not (s.folder(args.out) / "report.json").is_file()]
+    """Train every run without a report (reused variants aside), ``args.jobs`` at a time; returns the failed runs'
+    log paths."""
+    todo = [s for s in specs if s.variant not in args.reuse and not (s.folder(args.out) / "report.json").is_file()]
     print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; training {len(todo)}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     logs = args.out / "logs"
@@ -235,6 +297,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every run (after the variant's own)")
+    p.add_argument("--reuse", action="append", default=[], metavar="VARIANT=PATTERN",
+                   help="finished runs of a variant, e.g. rskp=/runs/rskp_s{seed}, used instead of training it "
+                        "(each checked against the variant's recipe)")
 
 
 def check_run_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -242,13 +307,16 @@ def check_run_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) ->
     if not args.seeds or args.jobs < 1 or args.threads < 1:
         p.error("give at least one seed, --jobs >= 1 and --threads >= 1")
     args.data, args.out = args.data.resolve(), args.out.resolve()
+    args.reuse = parse_reuse(p, args.reuse)
 
 
 def run_tables(tables: dict[str, Table], args: argparse.Namespace, result_file: str, **extra) -> int:
     """Train every run the tables need, print the tables, write them with every per-seed number (and ``extra``)."""
     import torch
 
-    failed = train_all(run_specs(tables, args.seeds), args)
+    specs = run_specs(tables, args.seeds)
+    link_reused(specs, args)
+    failed = train_all(specs, args)
     torch.set_num_threads(args.threads)  # in-process prediction of the test-time rows
     results = {key: {"title": t.title, "rows": [summarize(r, args.seeds, args.out) for r in t.rows]}
                for key, t in tables.items()}

@@ -3,8 +3,8 @@ configs/issf.yaml with only its switches changed, gains are paired differences, 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import importlib
 import io
 import json
 import math
@@ -18,6 +18,7 @@ from wtal.data.synthetic import SynthConfig, write_synthetic
 from wtal.engine.config import load_run_config, resolve_config
 
 ablate = load_benchmark("ablate_issf")
+experiments = importlib.import_module("experiments")  # the runner the script imported
 
 EPOCHS = 3
 SWITCHES = ("boundary_refinement", "discrimination_memory")
@@ -78,21 +79,31 @@ def test_tables_hold_finite_rows_and_paired_gains(ablation):
     assert runs == sorted([*MODULE_VARIANTS, "rskp", "mil"])
 
 
-def test_finished_baselines_are_reused_only_with_the_same_data_seed_and_epochs(ablation, tmp_path):
-    baselines = tmp_path / "baselines"
-    shutil.copytree(ablation["out"] / "runs" / "mil" / "seed0", baselines / "mil_s0")
-    shutil.copytree(ablation["out"] / "runs" / "rskp" / "seed0", baselines / "rskp_s0")
-    config = baselines / "rskp_s0" / "config.yaml"
+def test_finished_runs_are_reused_only_when_made_by_the_variants_recipe(ablation, tmp_path):
+    """``--reuse VARIANT=PATTERN`` links a finished run made by the variant's recipe; a run of another schedule
+    or a name that is no variant is refused before anything trains."""
+    given = tmp_path / "given"
+    shutil.copytree(ablation["out"] / "runs" / "mil" / "seed0", given / "mil_s0")
+    shutil.copytree(ablation["out"] / "runs" / "rskp" / "seed0", given / "rskp_s0")
+    config = given / "rskp_s0" / "config.yaml"
     raw = yaml.safe_load(config.read_text(encoding="utf-8"))
-    raw["train"]["epochs"] = EPOCHS + 1  # another schedule: must be trained again, not reused
+    raw["train"]["epochs"] = EPOCHS + 1  # another schedule
     config.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    args = argparse.Namespace(baselines=baselines, out=tmp_path / "out", seeds=[0], data=ablation["data"].resolve(),
-                              epochs=EPOCHS)
+    out = tmp_path / "out"
+
+    def link(*reuse: str) -> None:
+        argv = [*ablation["argv"][:2], "--out", str(out), *ablation["argv"][4:]]
+        args = ablate.parse_args([*argv, *(x for r in reuse for x in ("--reuse", r))])
+        experiments.link_reused(experiments.run_specs(ablate.build_tables(args.tables), args.seeds), args)
+
     with contextlib.redirect_stdout(io.StringIO()):
-        linked = ablate.link_baselines(args)
-    assert linked == [str(baselines / "mil_s0")]
-    assert (tmp_path / "out" / "runs" / "mil" / "seed0").resolve() == (baselines / "mil_s0").resolve()
-    assert not (tmp_path / "out" / "runs" / "rskp" / "seed0").exists()
+        link(f"mil={given}/mil_s{{seed}}")
+    assert (out / "runs" / "mil" / "seed0").resolve() == (given / "mil_s0").resolve()
+    with pytest.raises(SystemExit, match=r"rskp_s0 was not made by rskp.yaml .*'train'"):
+        link(f"rskp={given}/rskp_s{{seed}}")
+    assert not (out / "runs" / "rskp" / "seed0").exists()
+    with pytest.raises(SystemExit, match="names no variant"):
+        link(f"stpn={given}/rskp_s{{seed}}")
 
 
 @pytest.mark.parametrize("bad", [["--tables", "gaufuse"], ["--seeds", ""], ["--jobs", "0"]])

@@ -23,8 +23,8 @@ EPOCHS = 40
 
 def resolved(line, seed: int = 0, out="/runs"):
     args = type("Args", (), {"out": ablate.Path(out), "threads": 1, "overrides": []})()
-    return resolve_config(ablate.CONFIG_DIR / line.variant.config, overrides=ablate.overrides(line.variant, seed, args),
-                          epochs=EPOCHS, seed=seed)
+    overrides = ablate.shared.run_overrides(ablate.run_spec(line.variant, seed, args), args)
+    return resolve_config(ablate.CONFIG_DIR / line.variant.config, overrides=overrides, epochs=EPOCHS, seed=seed)
 
 
 def rows_by_variant() -> dict[str, object]:

@@ -87,10 +87,10 @@ def test_finished_baseline_runs_are_reused_and_reruns_train_nothing(tmp_path, ab
     shutil.copytree(_run(ablation, "mil"), given / "mil_s0")
     out = tmp_path / "out"
     shutil.copytree(ablation["out"] / "runs", out / "runs", ignore=shutil.ignore_patterns("mil"))
-    argv = [*ablation["argv"][:2], "--out", str(out), *ablation["argv"][4:], "--baseline-runs", str(given)]
+    argv = [*ablation["argv"][:2], "--out", str(out), *ablation["argv"][4:], "--reuse", f"mil={given}/mil_s{{seed}}"]
     code, stdout = run_benchmark_main(ablate, argv)
     assert code == 0
-    assert "4 of 4 runs already finished; training 0" in stdout
-    assert not (out / "runs" / "mil").exists()
+    assert "5 of 5 runs already finished; training 0" in stdout
+    assert (out / "runs" / "mil" / "seed0").resolve() == (given / "mil_s0").resolve()
     again = json.loads((out / "ablation.json").read_text(encoding="utf-8"))["tables"]
     assert again["compare"] == ablation["result"]["tables"]["compare"]
