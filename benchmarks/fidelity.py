@@ -7,7 +7,7 @@
 
 ``--reference`` is a checkout of the model's public code (RSKP and FAC-Net: LeonHLJ/RSKP, LeonHLJ/FAC-Net;
 BaS-Net and WUM: Pilhyeon/BaSNet-pytorch, Pilhyeon/WTAL-Uncertainty-Modeling; MMSD: LeonHLJ/MMSD; ISSF:
-MICLAB-BUPT/ISSF), kept outside this repository. MMSD and ISSF have the step comparison only.
+MICLAB-BUPT/ISSF), kept outside this repository.
 The script only imports or runs it; every change it needs on a current Python/numpy/torch/CPU is applied
 from outside, in :func:`install_shims` (no file of the checkout is edited):
 
@@ -91,7 +91,7 @@ import sys
 import time
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -316,6 +316,7 @@ class ShimOptions:
     test_last_only: int | None = None  # BaS-Net/WUM: evaluate only at this step
     l2_eps: float | None = None  # FAC-Net: an epsilon in its L2 normalisation (None: as published, none)
     published_memory_index: bool = False  # ISSF: keep its memory's row-index bug (default: the class index)
+    momentum_epoch: int | None = None  # ISSF end to end: its hard-coded momentum epoch 85 rescaled to the schedule
 
 
 def install_shims(opts: ShimOptions) -> None:
@@ -405,6 +406,8 @@ def install_mmsd_shims() -> None:
     for action in importlib.import_module("train_options").parser._actions:
         if action.type is None and isinstance(action.default, float):
             action.type = float
+        elif action.dest in ("iter_list", "changeLR_list"):  # list defaults, but one int on the command line
+            action.nargs = "+"
     evaluation = importlib.import_module("evaluation.eval")
     evaluation.np = _numpy_with(array=_ragged_array(np.array))
 
@@ -421,6 +424,15 @@ def install_issf_shims(opts: ShimOptions) -> None:
     sys.modules["thop"] = thop
     if not opts.published_memory_index:
         importlib.import_module("core.train").np = _numpy_with(where=_where_in_the_row)
+    importlib.import_module("eval.evaluate").np = _numpy_with(array=_ragged_array(np.array))
+    if opts.momentum_epoch is not None:
+        memory = importlib.import_module("arch.saliency").Saliency_Memory
+        original_init = memory.__init__
+
+        def init(self, args):
+            original_init(self, args)
+            self.moment_up = opts.momentum_epoch
+        memory.__init__ = init
 
 
 class SerialParallel:
@@ -479,13 +491,21 @@ def _segments_to_json(per_class: list, annotation_path: str, path: Path, snippet
     path.write_text(json.dumps({"version": "VERSION 1.3", "results": results, "external_data": {}}))
 
 
-def hook_wtalc_detections(out_json: Path, two_stream: bool) -> None:
-    """Record the detections RSKP's / FAC-Net's evaluation computes, without their Ambiguous filter, as JSON.
+# the modules of each W-TALC-style reference that hold its evaluation (which calls ``dtmAP``) and its detection mAP
+WTALC_EVALUATION = {"rskp": ("evaluation.eval", "evaluation.detectionMAP"),
+                    "facnet": ("evaluation.eval", "evaluation.detectionMAP"),
+                    "mmsd": ("evaluation.eval", "evaluation.detectionMAP"),
+                    "issf": ("eval.evaluate", "eval.detectionMAP")}
+
+
+def hook_wtalc_detections(out_json: Path, model_name: str) -> None:
+    """Record the detections a W-TALC-style reference's evaluation computes, without its Ambiguous filter, as JSON.
 
     The wrapped detection-mAP function runs once with ``filter_segments`` made the identity and ``getLocMAP``
     made a recorder, then once unchanged (the reference's own printed numbers)."""
-    evaluation = importlib.import_module("evaluation.eval")
-    detection = importlib.import_module("evaluation.detectionMAP")
+    evaluation_name, detection_name = WTALC_EVALUATION[model_name]
+    evaluation = importlib.import_module(evaluation_name)
+    detection = importlib.import_module(detection_name)
     original = evaluation.dtmAP
 
     def recorded(*args):
@@ -503,22 +523,25 @@ def hook_wtalc_detections(out_json: Path, two_stream: bool) -> None:
         _segments_to_json(captured[0], annotation_path, out_json, 25.0 / 16.0)
         return original(*args)
     evaluation.dtmAP = recorded
-    del two_stream
 
 
 # ============================================================================================ runner entry point
 
 def run_reference(argv: list[str]) -> None:
-    """``fidelity.py _reference MODEL PATH SCRIPT SHIMS_JSON -- ARGS``: run a reference script with the shims."""
+    """``fidelity.py _reference MODEL PATH SCRIPT SHIMS_JSON -- ARGS``: run a reference script (a file, or a
+    dotted module such as ISSF's ``core.main``) with the shims."""
     model, path, script, shim_json = argv[:4]
     script_args = argv[argv.index("--") + 1:]
     shims = ShimOptions(**json.loads(shim_json))
     sys.path.insert(0, path)
     install_shims(shims)
-    if model in ("rskp", "facnet") and script != "train_main.py":
-        hook_wtalc_detections(Path("detections.json"), two_stream=model == "facnet")
+    if model in WTALC_EVALUATION and not (model == "facnet" and script == "train_main.py"):
+        hook_wtalc_detections(Path("detections.json"), model)  # FAC-Net trains and tests in two scripts
     sys.argv = [script, *script_args]
-    runpy.run_path(str(Path(path) / script), run_name="__main__")
+    if script.endswith(".py"):
+        runpy.run_path(str(Path(path) / script), run_name="__main__")
+    else:
+        runpy.run_module(script, run_name="__main__", alter_sys=True)
 
 
 # ============================================================================================ weight maps
@@ -951,18 +974,24 @@ class Schedule:
     epochs: int
     batch: int
     lr: float
-    warmup_epoch: int | None = None
+    warmup_epoch: int | None = None  # RSKP: memory bank warm-up
+    lr_milestones: list[int] = field(default_factory=list)  # step decay epochs (MMSD)
+    label_epochs: list[int] = field(default_factory=list)  # MMSD: pseudo labels after these epochs
+    momentum_epoch: int | None = None  # ISSF: momentum memory updates after this epoch index
 
 
 def derived_schedule(model_name: str, epochs: int, dim: int) -> Schedule:
-    """Batch size, learning rate and warm-up epoch of ``configs/MODEL.yaml`` under ``--epochs`` on ``dim``-d data
-    (keep_steps batch division, the lr rule of ``optim.short_schedule`` and ``optim.width_scaling``)."""
+    """Batch size, learning rate and the epoch-valued keys of ``configs/MODEL.yaml`` under ``--epochs`` on ``dim``-d
+    data (keep_steps batch division, the lr rule of ``optim.short_schedule`` and ``optim.width_scaling``, epoch keys
+    rescaled as ``wtal train --epochs`` rescales them)."""
     sys.path.insert(0, str(REPO / "src"))
     from wtal.engine.config import resolve_config
     cfg = resolve_config(REPO / "configs" / f"{model_name}.yaml", epochs=epochs)
     width = cfg.optim.width_scaling.factor(dim)
-    warmup = cfg.model.params.get("warmup_epoch")
-    return Schedule(cfg.train.epochs, cfg.data.batch_size, cfg.optim.lr * width, warmup)
+    params = cfg.model.params
+    return Schedule(cfg.train.epochs, cfg.data.batch_size, cfg.optim.lr * width, params.get("warmup_epoch"),
+                    list(cfg.optim.schedule.milestones), list(params.get("label_epochs") or []),
+                    params.get("momentum_epoch"))
 
 
 def _cpu_seconds_children() -> float:
@@ -1003,11 +1032,32 @@ def evaluate_json(pred: Path, gt: Path) -> dict:
 
 
 def end2end_reference(model_name: str, ref_path: Path, data_root: Path, run: Path, sched: Schedule, seed: int,
-                      dim: int, classes: list[str], width: int | None, l2_eps: float | None = None
-                      ) -> tuple[Path, float, float]:
+                      dim: int, classes: list[str], width: int | None, l2_eps: float | None = None,
+                      published_memory_index: bool = False) -> tuple[Path, float, float]:
     """Train and test the reference on the short schedule; return its ActivityNet result file and times."""
     run.mkdir(parents=True, exist_ok=True)
     env = _env()
+    if model_name == "mmsd":  # trains, then tests once after the last epoch (save interval = epochs)
+        args = ["--dataset-root", f"{data_root}/", "--dataset-name", WTALC_NAME, "--inp-feat-num", str(dim // 2),
+                "--out-feat-num", str(dim // 2), "--class-num", str(len(classes)), "--run-type", "0",
+                "--model-id", str(seed), "--max-epoch", str(sched.epochs), "--batch-size", str(sched.batch),
+                "--lr", repr(sched.lr), "--seed", str(seed), "--save-interval", str(sched.epochs),
+                "--iter_list", *map(str, sched.label_epochs), "--changeLR_list", *map(str, sched.lr_milestones),
+                "1000000"]  # the reference's list ends with an unreached milestone (its default: [70, 1000])
+        shims = ShimOptions("mmsd", dim, classes)
+        wall, cpu = run_timed(_reference_cmd("mmsd", ref_path, "train_main.py", shims, args), run,
+                              run / "reference.log", env)
+        return run / "detections.json", wall, cpu
+    if model_name == "issf":  # tests once, after the last epoch: its keep-the-best-on-test check sees one value
+        args = ["--dataset-dir", f"{data_root}/", "--dataset-name", WTALC_NAME, "--input-feat", str(dim),
+                "--output-feat", str(dim), "--class-num", str(len(classes)), "--run-type", "train",
+                "--log-dir", f"seed{seed}", "--epoch", str(sched.epochs), "--batch-size", str(sched.batch),
+                "--lr", repr(sched.lr), "--seed", str(seed), "--save_every", str(sched.epochs)]
+        shims = ShimOptions("issf", dim, classes, published_memory_index=published_memory_index,
+                            momentum_epoch=sched.momentum_epoch)
+        wall, cpu = run_timed(_reference_cmd("issf", ref_path, "core.main", shims, args), run,
+                              run / "reference.log", env)
+        return run / "detections.json", wall, cpu
     if model_name == "rskp":
         shims = ShimOptions("rskp", dim, classes)
         args = ["--dataset-root", f"{data_root}/", "--dataset-name", WTALC_NAME, "--inp-feat-num", str(dim),
@@ -1064,9 +1114,6 @@ def end2end_wtal(model_name: str, wtalc_root: Path, run: Path, epochs: int, seed
 
 # ============================================================================================ main
 
-STEPS_ONLY = ("mmsd", "issf")  # models compared step by step only (no end-to-end runner)
-
-
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -1099,12 +1146,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="FAC-Net end to end: add this epsilon to the reference's L2 normalisation (as published it "
                         "has none, and its loss turns NaN on 128-d streams)")
     p.add_argument("--published-memory-index", action="store_true",
-                   help="ISSF steps: keep the reference's memory class index as published (every video reads and "
-                        "updates class 0's memory)")
+                   help="ISSF: run the reference with its memory class index as published (every video reads and "
+                        "updates class 0's memory); by default it is read by the video's classes, as in wtal")
     p.add_argument("--tag", default="", help="suffix of the run folders and of the JSON report")
     a = p.parse_args(argv)
-    if a.model in STEPS_ONLY and a.mode != "steps":
-        p.error(f"--model {a.model}: only --mode steps is implemented")
     torch.set_num_threads(1)
     seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
     out = a.out.resolve()
@@ -1144,8 +1189,9 @@ def main(argv: list[str] | None = None) -> int:
             if not a.wtal_only:
                 ref_root = data_root if layout_name == "folders" else out / "data" / "wtalc"
                 ref_json, wall, cpu = end2end_reference(a.model, ref_path, ref_root,
-                                                        out / "runs" / f"{a.model}_ref_seed{seed}",
-                                                        sched, seed, dim, classes, width, a.reference_l2_eps)
+                                                        out / "runs" / f"{a.model}_ref{a.tag}_seed{seed}",
+                                                        sched, seed, dim, classes, width, a.reference_l2_eps,
+                                                        a.published_memory_index)
                 rows["reference"][seed] = {**evaluate_json(ref_json, gt), "wall_s": wall, "cpu_s": cpu,
                                            "cpu_s_per_epoch": cpu / sched.epochs}
             wtal_run = out / "runs" / f"{a.model}_wtal{a.tag}_seed{seed}"

@@ -143,6 +143,16 @@ def test_derived_schedule_follows_the_short_schedule_rules():
     assert sched.lr == pytest.approx(5e-5 * 5 * 8 ** 0.5)
 
 
+def test_derived_schedule_rescales_the_epoch_keys_of_mmsd_and_issf():
+    """At 40 of 240 (MMSD) / 180 (ISSF) epochs the epoch-valued keys the reference takes as options or hard-codes
+    follow ``wtal train --epochs 40``: MMSD's labels every 40/6 epochs and its decay at 70 x 40/240; ISSF's momentum
+    epoch 85 x 40/180, its memory initialisation (epoch index 1) not rescaled."""
+    mmsd = fidelity.derived_schedule("mmsd", 40, 256)
+    assert (mmsd.batch, mmsd.lr_milestones, mmsd.label_epochs) == (2, [12], [7, 13, 20, 27, 33, 40])
+    issf = fidelity.derived_schedule("issf", 40, 256)
+    assert (issf.batch, issf.momentum_epoch, issf.lr_milestones) == (2, 19, [])
+
+
 # ------------------------------------------------------------------------------- against a reference checkout
 
 def _reference(model: str) -> Path:
@@ -180,6 +190,26 @@ def test_same_start_same_steps_agree_with_the_reference(tmp_path, tiny_set, mode
         assert rel[:before].max() < 1e-5 and rel.max() < 1e-4, rel
     else:
         assert summary["max_rel_loss"] < 1e-5, summary
+
+
+def test_mmsd_schedule_lists_are_given_on_the_command_line():
+    """MMSD's ``--iter_list`` / ``--changeLR_list`` have list defaults but parse one int as published; the shim
+    makes them take the rescaled lists."""
+    with fidelity.reference_on_path(_reference("mmsd")):
+        fidelity.install_shims(fidelity.ShimOptions("mmsd", 256, []))
+        parser = importlib.import_module("train_options").parser
+        args = parser.parse_args(["--iter_list", "7", "13", "--changeLR_list", "12", "1000000"])
+    assert (args.iter_list, args.changeLR_list) == ([7, 13], [12, 1000000])
+
+
+def test_issf_momentum_epoch_follows_the_schedule():
+    """ISSF hard-codes momentum memory updates after epoch index 85; end to end it is set to the schedule's."""
+    ref_path = _reference("issf")
+    with fidelity.reference_on_path(ref_path):
+        fidelity.install_shims(fidelity.ShimOptions("issf", 32, [], momentum_epoch=19))
+        args = fidelity.issf_parser(ref_path).parse_args(["--input-feat", "32", "--output-feat", "32", "--epoch", "40"])
+        memory = importlib.import_module("arch.saliency").Saliency_Memory(args)
+    assert (memory.moment_up, memory.Epoch) == (19, 40)
 
 
 def test_facnet_l2_eps_zero_reproduces_the_reference_nan():
