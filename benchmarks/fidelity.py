@@ -34,6 +34,9 @@ from outside, in :func:`install_shims` (no file of the checkout is edited):
   ``--published-memory-index``, its training loop's ``np.where(labels == 1)[0]`` on the ``(1, C)`` label batch
   is taken over the one row, so the memory is read and updated by the video's classes (as published it gives
   row indices: every video reads and updates class 0's memory; wtal uses the classes, as for RSKP);
+* optional, end to end, ``--reference-l2-eps EPS`` (FAC-Net, MMSD): ``EPS`` added to the norm in their L2
+  normalisation, which has none as published (on 128-d streams an embedding that is all zero after ReLU and
+  dropout makes the loss NaN for the rest of the run; wtal adds 1e-9);
 * speed, end to end only: BaS-Net/WUM evaluate the whole test set after every optimizer step; here only after
   the last one (their evaluation runs in eval mode without gradients, so training is unchanged);
 * width, BaS-Net/WUM only, ``--width input`` (default): their hidden convolutions are hard-coded 2048 wide; they
@@ -314,7 +317,7 @@ class ShimOptions:
     classes: list[str]
     width: int | None = None  # BaS-Net/WUM hidden width (None: the reference's 2048)
     test_last_only: int | None = None  # BaS-Net/WUM: evaluate only at this step
-    l2_eps: float | None = None  # FAC-Net: an epsilon in its L2 normalisation (None: as published, none)
+    l2_eps: float | None = None  # FAC-Net, MMSD: an epsilon in the L2 normalisation (None: as published, none)
     published_memory_index: bool = False  # ISSF: keep its memory's row-index bug (default: the class index)
     momentum_epoch: int | None = None  # ISSF end to end: its hard-coded momentum epoch 85 rescaled to the schedule
 
@@ -329,7 +332,7 @@ def install_shims(opts: ShimOptions) -> None:
     stub.Logger = RecordingLogger
     sys.modules["tensorboard_logger"] = stub
     if opts.model == "mmsd":
-        install_mmsd_shims()
+        install_mmsd_shims(opts.l2_eps)
         return
     if opts.model == "issf":
         install_issf_shims(opts)
@@ -388,15 +391,18 @@ def install_shims(opts: ShimOptions) -> None:
         test_module.test = test
 
 
-def install_mmsd_shims() -> None:
+def install_mmsd_shims(l2_eps: float | None = None) -> None:
     """MMSD: its one code defect fixed (each stream's ``forward`` returns 4 values, ``WSTAL.forward`` unpacks 5:
     a fifth ``None`` is appended, unused anywhere), the missing ``AttLoss`` import satisfied (unused), the
-    column-1024 split mapped to the middle column, untyped float options typed, ragged pseudo-label arrays."""
+    column-1024 split mapped to the middle column, untyped float options typed, ragged pseudo-label arrays; with
+    ``l2_eps`` (end to end, ``--reference-l2-eps``) an epsilon in its L2 normalisation."""
     branch = importlib.import_module("model.main_branch")
     four_values = branch.SingleStream.forward
     branch.SingleStream.forward = lambda self, x: (*four_values(self, x), None)
     wstal_forward = branch.WSTAL.forward
     branch.WSTAL.forward = lambda self, x: wstal_forward(self, x.as_subclass(_JointTensor))
+    if l2_eps is not None:
+        branch.calculate_l1_norm = lambda f: l2_normalize(f, l2_eps)
     losses = importlib.import_module("model.losses")
 
     class AttLoss:  # imported by train_Processor, defined nowhere, never instantiated
@@ -858,7 +864,8 @@ def steps_mmsd(ref_path: Path, root: Path, dim: int, classes: int, s: StepSettin
 def steps_issf(ref_path: Path, root: Path, dim: int, classes: int, s: StepSetting,
                published_memory_index: bool = False) -> dict:
     """ISSF: the reference ``Train`` loop (batch 10, lr 5e-5, wd 5e-4), its memory filled after epoch index 1 and
-    in the loss from epoch index 2 on; wtal with ``wrap_first_predecessor: true`` (the reference's index -1)."""
+    in the loss from epoch index 2 on; wtal with ``wrap_first_predecessor: true`` (the reference's index -1).
+    ``published_memory_index``: both sides with the released loop's memory index (wtal's flag of that name)."""
     with reference_on_path(ref_path):
         install_shims(ShimOptions("issf", dim, [], published_memory_index=published_memory_index))
         train_module = importlib.import_module("core.train")
@@ -868,12 +875,13 @@ def steps_issf(ref_path: Path, root: Path, dim: int, classes: int, s: StepSettin
              str(dim), "--class-num", str(classes), "--seed", str(s.seed), "--epoch", "1000", "--save_every", "100000"])
         args.gpu_ids = []  # CPU, no DataLoader workers
         trainer = train_module.Train(args)
-        wtal = wtal_model("issf", dim, classes, wrap_first_predecessor=True)
+        wtal = wtal_model("issf", dim, classes, wrap_first_predecessor=True,
+                          published_memory_index=published_memory_index)
         port_weights("issf", [trainer.model], wtal)
         ref_losses, wtal_losses_ = _same_steps_on_videos(trainer, trainer.train_dataset, [trainer.model], wtal,
                                                          [wtal], s)
     steps_per_epoch = math.ceil(len(trainer.train_dataset) / args.batch_size)
-    index = "as published (class 0 for every video)" if published_memory_index else "the video's classes"
+    index = "as published (class 0 for every video), both sides" if published_memory_index else "the video's classes"
     return {"ref": ref_losses, "wtal": wtal_losses_, "per_step": args.batch_size,
             "setting": f"batch {args.batch_size}, lr {args.lr:g}, memory from step {2 * steps_per_epoch + 1}, "
                        f"reference memory index: {index}"}
@@ -1044,7 +1052,7 @@ def end2end_reference(model_name: str, ref_path: Path, data_root: Path, run: Pat
                 "--lr", repr(sched.lr), "--seed", str(seed), "--save-interval", str(sched.epochs),
                 "--iter_list", *map(str, sched.label_epochs), "--changeLR_list", *map(str, sched.lr_milestones),
                 "1000000"]  # the reference's list ends with an unreached milestone (its default: [70, 1000])
-        shims = ShimOptions("mmsd", dim, classes)
+        shims = ShimOptions("mmsd", dim, classes, l2_eps=l2_eps)
         wall, cpu = run_timed(_reference_cmd("mmsd", ref_path, "train_main.py", shims, args), run,
                               run / "reference.log", env)
         return run / "detections.json", wall, cpu
@@ -1141,13 +1149,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reduction", choices=["sum", "mean"], default="sum",
                    help="BaS-Net/WUM step comparison: wtal's per-video sum or the reference's batch mean")
     p.add_argument("--wtal-set", action="append", default=[], help="extra --set for the wtal end-to-end run")
-    p.add_argument("--wtal-only", action="store_true", help="end to end: skip the reference runs")
+    sides = p.add_mutually_exclusive_group()
+    sides.add_argument("--wtal-only", action="store_true", help="end to end: skip the reference runs")
+    sides.add_argument("--reference-only", action="store_true", help="end to end: skip the wtal runs")
     p.add_argument("--reference-l2-eps", type=float, default=None,
-                   help="FAC-Net end to end: add this epsilon to the reference's L2 normalisation (as published it "
-                        "has none, and its loss turns NaN on 128-d streams)")
+                   help="FAC-Net and MMSD end to end: add this epsilon to the reference's L2 normalisation (as "
+                        "published it has none, and its loss can turn NaN on 128-d streams)")
     p.add_argument("--published-memory-index", action="store_true",
                    help="ISSF: run the reference with its memory class index as published (every video reads and "
-                        "updates class 0's memory); by default it is read by the video's classes, as in wtal")
+                        "updates class 0's memory; steps: wtal too, with model.params.published_memory_index); by "
+                        "default it is read by the video's classes, as in wtal")
     p.add_argument("--tag", default="", help="suffix of the run folders and of the JSON report")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -1194,20 +1205,22 @@ def main(argv: list[str] | None = None) -> int:
                                                         a.published_memory_index)
                 rows["reference"][seed] = {**evaluate_json(ref_json, gt), "wall_s": wall, "cpu_s": cpu,
                                            "cpu_s_per_epoch": cpu / sched.epochs}
-            wtal_run = out / "runs" / f"{a.model}_wtal{a.tag}_seed{seed}"
-            wt_json, wall, cpu, train_s = end2end_wtal(a.model, wtalc_root, wtal_run, a.epochs, seed,
-                                                       [x for s in a.wtal_set for x in ("--set", s)])
-            rows["wtal"][seed] = {**evaluate_json(wt_json, gt), "wall_s": wall, "cpu_s": cpu,
-                                  "cpu_s_per_epoch": cpu / sched.epochs, "train_s_per_epoch": train_s}
-            ref_text = f"{rows['reference'][seed]['avg']:.1f}" if seed in rows["reference"] else "-"
-            print(f"seed {seed}: reference AVG {ref_text}, wtal AVG {rows['wtal'][seed]['avg']:.1f}", flush=True)
+            if not a.reference_only:
+                wtal_run = out / "runs" / f"{a.model}_wtal{a.tag}_seed{seed}"
+                wt_json, wall, cpu, train_s = end2end_wtal(a.model, wtalc_root, wtal_run, a.epochs, seed,
+                                                           [x for s in a.wtal_set for x in ("--set", s)])
+                rows["wtal"][seed] = {**evaluate_json(wt_json, gt), "wall_s": wall, "cpu_s": cpu,
+                                      "cpu_s_per_epoch": cpu / sched.epochs, "train_s_per_epoch": train_s}
+            ref_text, wtal_text = (f"{rows[side][seed]['avg']:.1f}" if seed in rows[side] else "-"
+                                   for side in ("reference", "wtal"))
+            print(f"seed {seed}: reference AVG {ref_text}, wtal AVG {wtal_text}", flush=True)
         report["end2end"] = {"schedule": sched.__dict__, "runs": rows}
         print(f"\n| {a.model} | reference AVG mAP | wtal AVG mAP | reference CPU s/epoch | wtal CPU s/epoch |")
         print("|---|---|---|---|---|")
         ref_avg = [r["avg"] for r in rows["reference"].values()]
         wt_avg = [r["avg"] for r in rows["wtal"].values()]
         ref_t = [r["cpu_s_per_epoch"] for r in rows["reference"].values()] or [math.nan]
-        wt_t = [r["cpu_s_per_epoch"] for r in rows["wtal"].values()]
+        wt_t = [r["cpu_s_per_epoch"] for r in rows["wtal"].values()] or [math.nan]
         print(f"| {sched.epochs} epochs, batch {sched.batch}, lr {sched.lr:.3g} | {mean_std(ref_avg)} | "
               f"{mean_std(wt_avg)} | {statistics.mean(ref_t):.1f} | {statistics.mean(wt_t):.1f} |")
     out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from test_engine_data import tiny_data  # noqa: F401  (pytest fixture)
 from wtal.engine.config import resolve_config
 from wtal.engine.trainer import Trainer
 from wtal.models import build_model
+from wtal.models.class_memory import read_class_memory
 from wtal.models.issf import attend, attention_pool, memory_momentum, salient_snippets
 from wtal.models.losses import softened_cross_entropy
 from wtal.models.masked import l2_normalize
@@ -154,6 +155,28 @@ def test_memory_update_keeps_the_top_scored_salient_features(monkeypatch):
     model.update_memory(None, torch.tensor([[1.0, 0.0, 0.0]]), epoch=5)
     torch.testing.assert_close(model.memory_scores[0], torch.tensor([0.9, 0.6], dtype=torch.float64))
     torch.testing.assert_close(model.memory[0], torch.tensor([[1.0, 1.0], [2.0, 0.0]], dtype=torch.float64))
+
+
+def test_published_memory_index_reads_and_updates_class_0_once_per_label(monkeypatch):
+    """The released loop's index: a video of classes 1 and 2 merges its candidates into class 0's memory twice,
+    scored by class 0's probability (the second merge meets the first one's copies: stored first on ties), and
+    reads class 0's entries once per label; classes 1 and 2 stay empty."""
+    model = _memory_model(slots=3)
+    feats = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    scores = torch.tensor([[[0.6, 0.1, 0.2, 0.1], [0.3, 0.5, 0.1, 0.1]]], dtype=torch.float64)
+    monkeypatch.setattr(model, "salient_candidates", lambda out: (feats, torch.ones(1, 2, dtype=torch.bool), scores))
+    labels = torch.tensor([[0.0, 1.0, 1.0]])
+    model.update_memory(None, labels, epoch=5, published_index=True)
+    torch.testing.assert_close(model.memory_scores[0], torch.tensor([0.6, 0.6, 0.3], dtype=torch.float64))
+    torch.testing.assert_close(model.memory[0], torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
+                                                             dtype=torch.float64))
+    assert torch.all(model.memory[1:] == 0) and torch.all(model.memory_scores[1:] == 0)
+    entries, mask = read_class_memory(model.memory, labels, first_class_only=True)
+    torch.testing.assert_close(entries[0], torch.cat([model.memory[0], model.memory[0]]))
+    assert mask.all()
+    model.update_memory(None, labels, epoch=5)  # the default: the video's classes, scored by their probabilities
+    torch.testing.assert_close(model.memory_scores[1:], torch.tensor([[0.5, 0.1, 0.0], [0.2, 0.1, 0.0]],
+                                                                    dtype=torch.float64))
 
 
 def test_memory_update_blends_with_momentum_after_the_momentum_epoch(monkeypatch):
@@ -306,9 +329,9 @@ def test_memory_never_sees_validation_or_test_videos(tmp_path, tiny_data, monkey
         last["names"] = list(batch.names)
         return forward(batch)
 
-    def recording_update(out, labels, epoch):
+    def recording_update(out, labels, epoch, **kwargs):
         seen.extend(last["names"])
-        return update(out, labels, epoch)
+        return update(out, labels, epoch, **kwargs)
 
     monkeypatch.setattr(model, "forward", recording_forward)
     monkeypatch.setattr(model, "update_memory", recording_update)

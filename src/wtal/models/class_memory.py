@@ -17,14 +17,18 @@ from wtal.models.base import ModelOutput
 from wtal.models.masked import packed_indices
 
 
-def read_class_memory(memory: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def read_class_memory(memory: torch.Tensor, labels: torch.Tensor, first_class_only: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The stored entries of each video's positive classes, padded: ``(B, N * max|cls|, D)`` and a mask.
 
     Classes are read in ascending order (as ``np.where``); a video's padding slots repeat another class's
-    entries and are False in the mask.
+    entries and are False in the mask. ``first_class_only``: class 0's entries once per positive class instead
+    (ISSF's released training loop, whose ``np.where`` on a ``(1, C)`` label array gives row indices).
     """
     slots = memory.shape[1]
     classes, valid = packed_indices(labels > 0.5)
+    if first_class_only:
+        classes = torch.zeros_like(classes)
     entries = memory[classes]  # (B, width, slots, D)
     entry_mask = valid.unsqueeze(-1).expand(-1, -1, slots)
     return entries.reshape(labels.shape[0], -1, memory.shape[-1]), entry_mask.reshape(labels.shape[0], -1)

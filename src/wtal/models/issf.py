@@ -66,6 +66,7 @@ class ISSFHyperparameters:
     discrimination_memory: bool = True  # False: no memory branch (ablation)
     memory_slots: int = in_range(9, COUNT)  # N salient features per class
     memory_init_epoch: int = in_range(1, INDEX)  # memory filled at the end of this epoch index, used after it
+    published_memory_index: bool = False  # True: the released training loop's index, class 0 for every video
     momentum_epoch: int = in_range(85, INDEX)  # memory updates blend with momentum for epoch indices > this
     momentum_total_epochs: int = in_range(180, COUNT)  # T_max of m = 0.5 log(exp(t / T_max) + 1)
     back_weight: float = in_range(0.2, NON_NEGATIVE)
@@ -217,23 +218,29 @@ class ISSF(StreamModel):
         return entries, valid, scores
 
     @torch.no_grad()
-    def update_memory(self, out: ModelOutput, labels: torch.Tensor, epoch: int) -> None:
+    def update_memory(self, out: ModelOutput, labels: torch.Tensor, epoch: int, published_index: bool = False
+                      ) -> None:
         """Each video in batch order merges its salient features into the memory of each of its positive
         classes (scored by that class's probability) and keeps the top ``memory_slots``. For epoch indices
-        above ``momentum_epoch`` the kept entries are blended into the stored ones with momentum ``m``."""
+        above ``momentum_epoch`` the kept entries are blended into the stored ones with momentum ``m``.
+        ``published_index``: the released training loop's index instead, class 0 once per positive class (its
+        merges one after another, each scored by class 0's probability)."""
         entries, valid, scores = self.salient_candidates(out)
         hp = self.hp
         momentum = (memory_momentum(epoch, hp.momentum_total_epochs) if epoch > hp.momentum_epoch else None)
         for b in range(entries.shape[0]):
             classes = torch.nonzero(labels[b] > 0.5).flatten()
-            if classes.numel() == 0:
-                continue
-            stored = self.memory[classes]
-            top, top_scores = merge_top_scored(stored, self.memory_scores[classes], entries[b][valid[b]],
-                                               scores[b][valid[b]][:, classes].T)
-            if momentum is not None:
-                top = momentum * stored + (1.0 - momentum) * top
-            self.memory[classes], self.memory_scores[classes] = top, top_scores
+            if published_index:  # class 0, once per positive class, one merge after another
+                groups = [torch.zeros_like(classes[:1])] * classes.numel()
+            else:
+                groups = [classes] if classes.numel() else []
+            for group in groups:
+                stored = self.memory[group]
+                top, top_scores = merge_top_scored(stored, self.memory_scores[group], entries[b][valid[b]],
+                                                   scores[b][valid[b]][:, group].T)
+                if momentum is not None:
+                    top = momentum * stored + (1.0 - momentum) * top
+                self.memory[group], self.memory_scores[group] = top, top_scores
 
     def on_epoch_end(self, epoch: int, train_batches: Callable[[], Iterable[Batch]]) -> None:
         """At the end of ``memory_init_epoch``: an eval-mode pass over the training set fills the memory."""
@@ -245,7 +252,7 @@ class ISSF(StreamModel):
     def memory_branch(self, out: ModelOutput, labels: torch.Tensor, mask: torch.Tensor):
         """The head's branch output on ``softmax(Q M^T) M``, ``M`` the memory of the video's positive classes
         as it is now (read before any update), ``Q`` the refined features (``X`` without boundary refinement)."""
-        entries, entry_mask = read_class_memory(self.memory, labels)
+        entries, entry_mask = read_class_memory(self.memory, labels, first_class_only=self.hp.published_memory_index)
         queries = out.extras["refined"] if self.hp.boundary_refinement else out.extras["x"]
         recalled = attend(queries, entries.to(queries.dtype), entry_mask)
         return self.head(masked_fill_zero(recalled, mask), mask)
@@ -277,7 +284,7 @@ class ISSF(StreamModel):
                 mixed = hp.memory_target_weight * recalled.logits + (1.0 - hp.memory_target_weight) * target
                 target = torch.where(has_memory.bool()[:, None, None], mixed, target)
             if self.training:
-                self.update_memory(out, labels, epoch)
+                self.update_memory(out, labels, epoch, published_index=hp.published_memory_index)
         if target is None:  # the base branch alone: nothing to distil
             spl = torch.zeros_like(fore)
         else:
