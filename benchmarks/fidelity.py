@@ -88,6 +88,7 @@ import math
 import os
 import resource
 import runpy
+import shutil
 import statistics
 import subprocess
 import sys
@@ -1120,6 +1121,41 @@ def end2end_wtal(model_name: str, wtalc_root: Path, run: Path, epochs: int, seed
     return run / "predictions" / "test.json", wall, cpu, train_seconds
 
 
+def reference_weights_in_wtal_run(model_name: str, ref_path: Path, ref_run: Path, wtal_run: Path, target: Path,
+                                  dim: int, classes: list[str], width: int | None, seed: int) -> Path:
+    """BaS-Net / WUM: a copy of ``wtal_run`` whose checkpoint holds the reference's trained weights (its final
+    model, ``ref_run/models``), ported into wtal's model with the step comparison's name map."""
+    with reference_on_path(ref_path):
+        install_shims(ShimOptions(model_name, dim, classes, width=width))
+        model_module = importlib.import_module("model")
+        if model_name == "basnet":
+            ref, name = model_module.BaS_Net(dim, len(classes), 750), f"BaS_Net_model_seed_{seed}.pkl"
+        else:
+            ref, name = model_module.Model(dim, len(classes), 9, 4), f"model_seed_{seed}.pkl"
+        ref.load_state_dict(torch.load(ref_run / "models" / name, map_location="cpu"))
+    wtal = wtal_model(model_name, dim, len(classes), hidden_dim=width or 2048)
+    port_weights(model_name, [ref], wtal)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(wtal_run, target, ignore=shutil.ignore_patterns("predictions", "*.lock"))
+    checkpoint_path = target / "checkpoints" / "last.pt"
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    state = wtal.state_dict()
+    if set(state) != set(checkpoint["model"]):
+        raise RuntimeError(f"{wtal_run}: its {model_name} checkpoint has other parameters than the ported model")
+    checkpoint["model"] = state
+    torch.save(checkpoint, checkpoint_path)
+    return target
+
+
+def cross_test(run: Path) -> Path:
+    """``wtal predict`` of a run folder on the test split (the run's own test recipe, whole videos)."""
+    pred = run / "predictions" / "test.json"
+    subprocess.run([sys.executable, "-m", "wtal.cli", "predict", "--run", str(run), "--out", str(pred)], check=True,
+                   env=_env(), stdout=subprocess.DEVNULL)
+    return pred
+
+
 # ============================================================================================ main
 
 def mean_std(values: list[float]) -> str:
@@ -1143,7 +1179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--mode", choices=["steps", "end2end", "both"], default="both")
+    p.add_argument("--mode", choices=["steps", "end2end", "both", "cross"], default="both",
+                   help="cross (BaS-Net, WUM; after end2end with the same --tag): the reference's trained weights "
+                        "tested by wtal's test recipe on whole videos")
     p.add_argument("--width", choices=["input", "reference"], default="input",
                    help="BaS-Net/WUM hidden width: the input width (wtal's default) or the reference's 2048")
     p.add_argument("--reduction", choices=["sum", "mean"], default="sum",
@@ -1223,6 +1261,20 @@ def main(argv: list[str] | None = None) -> int:
         wt_t = [r["cpu_s_per_epoch"] for r in rows["wtal"].values()] or [math.nan]
         print(f"| {sched.epochs} epochs, batch {sched.batch}, lr {sched.lr:.3g} | {mean_std(ref_avg)} | "
               f"{mean_std(wt_avg)} | {statistics.mean(ref_t):.1f} | {statistics.mean(wt_t):.1f} |")
+    if a.mode == "cross":
+        if a.model not in ("basnet", "wum"):
+            p.error("--mode cross: BaS-Net and WUM only")
+        rows = {}
+        for seed in seeds:
+            runs = out / "runs"
+            target = reference_weights_in_wtal_run(a.model, ref_path, runs / f"{a.model}_ref{a.tag}_seed{seed}",
+                                                   runs / f"{a.model}_wtal{a.tag}_seed{seed}",
+                                                   runs / f"{a.model}_cross{a.tag}_seed{seed}", dim, classes, width,
+                                                   seed)
+            rows[seed] = evaluate_json(cross_test(target), wtalc_root)
+            print(f"seed {seed}: reference weights, wtal test AVG {rows[seed]['avg']:.1f}", flush=True)
+        report["cross"] = rows
+        print(f"reference weights, wtal test: {mean_std([r['avg'] for r in rows.values()])}")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"fidelity_{a.model}{a.tag}_{a.mode}.json").write_text(json.dumps(report, indent=2))
     return 0
