@@ -20,9 +20,11 @@ import pytest
 import torch
 from helpers import load_benchmark
 
+from wtal.cli import main as wtal_main
 from wtal.data.sources import open_source
 from wtal.data.synthetic import SynthConfig, generate
 from wtal.data.wtalc import read_wtalc_annotations
+from wtal.engine.predict import load_run
 
 fidelity = load_benchmark("fidelity")
 
@@ -190,6 +192,34 @@ def test_same_start_same_steps_agree_with_the_reference(tmp_path, tiny_set, mode
         assert rel[:before].max() < 1e-5 and rel.max() < 1e-4, rel
     else:
         assert summary["max_rel_loss"] < 1e-5, summary
+
+
+def test_cross_mode_runs_the_reference_weights_through_wtals_prediction(tmp_path, tiny_set):
+    """``--mode cross``: a copy of a finished wtal WUM run whose checkpoint holds the reference model's weights;
+    ``wtal predict`` on it scores videos with exactly the reference's parameters (through the name map) and
+    differs from the wtal run's own predictions."""
+    ref_path = _reference("wum")
+    annotations, features, layout = tiny_set
+    data = fidelity.export_wtalc(tmp_path / "data", annotations, features)
+    run = tmp_path / "runs" / "wum_wtal_seed0"
+    assert wtal_main(["train", "--config", "wum", "--data", str(data), "--out", str(run), "--epochs", "1",
+                      "--set", "train.progress=false", "--set", "data.val_fraction=0", "--set",
+                      "train.select=last"]) == 0
+    with fidelity.reference_on_path(ref_path):
+        fidelity.install_shims(fidelity.ShimOptions("wum", layout.dim, list(annotations.classes), width=layout.dim))
+        torch.manual_seed(7)
+        ref = importlib.import_module("model").Model(layout.dim, len(annotations.classes), 9, 4)
+    (tmp_path / "ref" / "models").mkdir(parents=True)
+    torch.save(ref.state_dict(), tmp_path / "ref" / "models" / "model_seed_0.pkl")
+    target = fidelity.reference_weights_in_wtal_run("wum", ref_path, tmp_path / "ref", run, tmp_path / "cross",
+                                                    layout.dim, list(annotations.classes), layout.dim, 0)
+    ported = fidelity.wtal_model("wum", layout.dim, len(annotations.classes), hidden_dim=layout.dim)
+    fidelity.port_weights("wum", [ref], ported)
+    loaded = load_run(target).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in ported.state_dict().items())
+    cross = json.loads(fidelity.cross_test(target).read_text())["results"]
+    own = json.loads(fidelity.cross_test(run).read_text())["results"]
+    assert set(cross) == set(own) and cross != own
 
 
 def test_mmsd_schedule_lists_are_given_on_the_command_line():
