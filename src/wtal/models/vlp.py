@@ -18,6 +18,11 @@ Video scores: the mean of each class's top ``T // topk_ratio`` snippet logits, s
 columns; the loss is the normalised cross-entropy against ``[y, 1] / (|y| + 1)`` (every video also holds
 background), as the plain MIL model. Test-time CAS: ``softmax(logits)[:, :, :C]``.
 
+With ``prompt_context: M`` (and a CLIP checkpoint and its vocabulary, ``text_encoder`` / ``text_vocab``) the
+text rows are not read from ``class_text.npy``: they are the frozen text tower's features of the prompts
+``[sot] v_1 .. v_M {class}. [eot]``, whose ``M`` context vectors learn (:mod:`wtal.text.prompt`);
+``prompt_init`` starts them at the token embeddings of given words.
+
 Zero-shot (``background: false``, ``temporal: none``, ``text_residual: false``; nothing to train): the
 background column is fixed at ``-scale`` (cosine -1), so the CAS is CLIP's per-snippet zero-shot
 classification ``softmax_c(scale * cos(x_t, text_c))``.
@@ -26,6 +31,7 @@ classification ``softmax_c(scale * cos(x_t, text_c))``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -36,7 +42,9 @@ from wtal.models.base import ModelContext, ModelOutput, StreamModel
 from wtal.models.losses import normalized_cross_entropy, with_background
 from wtal.models.masked import l2_normalize, masked_conv1d, masked_fill_zero, masked_topk_mean, topk_count
 from wtal.models.recipes import parse_hyperparameters
-from wtal.ranges import BELOW_ONE, COUNT, DIVISOR, POSITIVE, in_range
+from wtal.ranges import BELOW_ONE, COUNT, DIVISOR, INDEX, POSITIVE, in_range
+from wtal.text.clip_text import ACTIVATIONS, ClipTextTower, ClipTokenizer, load_state_dict
+from wtal.text.prompt import PromptLearner
 
 TEMPORAL_MODULES = ("conv", "none")
 
@@ -51,6 +59,33 @@ class VLPHyperparameters:
     text_residual: bool = True  # a learnable residual added to each class's text embedding
     background: bool = True  # a learnable background embedding (False: CLIP zero-shot over the C classes)
     topk_ratio: float = in_range(8.0, DIVISOR)  # video score: mean of the top T // ratio snippet logits
+    # learnable prompt context (0: the data's fixed class_text.npy rows); needs a CLIP checkpoint and its vocabulary
+    prompt_context: int = in_range(0, INDEX)  # M context tokens "[sot] v_1 .. v_M {class}. [eot]"
+    prompt_init: str | None = None  # words the context starts from (their token count must be M); null: random
+    text_encoder: str | None = None  # CLIP checkpoint (open_clip / OpenAI) whose text tower encodes the prompts
+    text_vocab: str | None = None  # its BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)
+    text_activation: str = "quick_gelu"  # the tower's MLP activation (OpenAI weights: quick_gelu; most open_clip: gelu)
+
+
+def build_prompt_learner(hp: VLPHyperparameters, classes: list[str]) -> PromptLearner:
+    """The prompt learner of ``hp``: the text tower and vocabulary read from the files it names."""
+    missing = [key for key in ("text_encoder", "text_vocab") if getattr(hp, key) is None]
+    if missing:
+        raise WtalInputError(f"model.params.prompt_context = {hp.prompt_context} needs "
+                             f"{' and '.join(f'model.params.{k}' for k in missing)}",
+                             fix="give the CLIP checkpoint (text_encoder) and its BPE vocabulary (text_vocab), or "
+                                 "set prompt_context to 0 to use the data's class_text.npy")
+    for key in ("text_encoder", "text_vocab"):
+        if not Path(getattr(hp, key)).expanduser().is_file():
+            raise WtalInputError(f"model.params.{key}: no such file", path=getattr(hp, key),
+                                 fix="give the path of an existing file (nothing is downloaded)")
+    if hp.text_activation not in ACTIVATIONS:
+        raise WtalInputError(f"invalid config value model.params.text_activation = {hp.text_activation!r}",
+                             fix=f"use one of {', '.join(ACTIVATIONS)}")
+    encoder = Path(hp.text_encoder).expanduser()
+    tower = ClipTextTower.from_state_dict(load_state_dict(encoder), hp.text_activation, path=encoder)
+    tokenizer = ClipTokenizer(Path(hp.text_vocab).expanduser(), context_length=tower.context_length)
+    return PromptLearner(tower, tokenizer, classes, hp.prompt_context, hp.prompt_init)
 
 
 class VLPBranch(StreamModel):
@@ -71,14 +106,22 @@ class VLPBranch(StreamModel):
             raise WtalInputError(f"the vlp branch reads one stream of image embeddings, got {list(self.input_streams)}",
                                  fix="set its streams to [clip]")
         self.hp = hp
-        text = torch.as_tensor(context.require_class_text("vlp"), dtype=torch.float32)
+        self.prompts = build_prompt_learner(hp, list(context.classes)) if hp.prompt_context else None
+        if self.prompts is None:
+            text = torch.as_tensor(context.require_class_text("vlp"), dtype=torch.float32)
+            source = "class text embeddings"
+        else:
+            with torch.no_grad():
+                text = self.prompts().float()  # the untrained prompts: a fixed start for the background
+            source = f"the prompt embeddings of the text tower in {hp.text_encoder}"
         width = self.stream_widths[self.input_streams[0]]
         if text.shape[1] != width:
-            raise WtalInputError(f"class text embeddings are {text.shape[1]}-d but the {self.input_streams[0]!r} "
-                                 f"stream is {width}-d: they must live in the same joint embedding space",
-                                 fix="compute class_text.npy with the text tower of the CLIP model that made the "
-                                     "image features (`wtal embed-classes`)")
-        self.register_buffer("class_text", text)
+            raise WtalInputError(f"{source} are {text.shape[1]}-d but the {self.input_streams[0]!r} stream is "
+                                 f"{width}-d: they must live in the same joint embedding space",
+                                 fix="use the text tower of the CLIP model that made the image features "
+                                     "(`wtal embed-classes` for class_text.npy)")
+        if self.prompts is None:
+            self.register_buffer("class_text", text)
         self.text_residual = nn.Parameter(torch.zeros_like(text)) if hp.text_residual else None
         self.background = nn.Parameter(text.mean(dim=0).clone()) if hp.background else None
         if hp.temporal == "conv":
@@ -89,9 +132,10 @@ class VLPBranch(StreamModel):
             self.drop = nn.Dropout(hp.dropout)
 
     def text_embeddings(self) -> torch.Tensor:
-        """``(C, E)`` unit class rows (text plus the learnt residual)."""
-        text = self.class_text if self.text_residual is None else self.class_text + self.text_residual
-        return l2_normalize(text)
+        """``(C, E)`` unit class rows (the fixed text rows or the learnt prompts' features, plus the learnt
+        residual)."""
+        text = self.class_text if self.prompts is None else self.prompts()
+        return l2_normalize(text if self.text_residual is None else text + self.text_residual)
 
     def snippet_embeddings(self, batch: Batch) -> torch.Tensor:
         """``(B, T, E)`` unit snippet embeddings after the temporal module; padded snippets are 0."""

@@ -313,11 +313,18 @@ class ClipTextTower(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(N, L)`` token ids -> ``(N, E)`` text features (not normalised)."""
-        x = self.token_embedding(tokens) + self.positional_embedding
+        return self.encode_embedded(self.token_embedding(tokens), tokens.argmax(dim=-1))
+
+    def encode_embedded(self, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """``(N, L, W)`` token embeddings, ``L`` up to the context length, and each row's end-of-text position
+        ``(N,)`` -> ``(N, E)`` text features. Under the causal mask no position after a row's end of text reaches
+        its feature, so rows may be cut to their longest prompt."""
+        length = x.shape[1]
+        x = x + self.positional_embedding[:length]
         for block in self.blocks:
-            x = block(x, self.causal_mask)
+            x = block(x, self.causal_mask[:length, :length])
         x = self.ln_final(x)
-        return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection + self.projection_bias
+        return x[torch.arange(x.shape[0]), eot] @ self.text_projection + self.projection_bias
 
 
 # ------------------------------------------------------------------------------------------- class names
