@@ -1121,19 +1121,42 @@ def end2end_wtal(model_name: str, wtalc_root: Path, run: Path, epochs: int, seed
     return run / "predictions" / "test.json", wall, cpu, train_seconds
 
 
-def reference_weights_in_wtal_run(model_name: str, ref_path: Path, ref_run: Path, wtal_run: Path, target: Path,
-                                  dim: int, classes: list[str], width: int | None, seed: int) -> Path:
-    """BaS-Net / WUM: a copy of ``wtal_run`` whose checkpoint holds the reference's trained weights (its final
-    model, ``ref_run/models``), ported into wtal's model with the step comparison's name map."""
+CROSS_MODELS = ("basnet", "wum", "mmsd", "issf")
+
+
+def _trained_reference(model_name: str, ref_path: Path, ref_run: Path, dim: int, classes: list[str],
+                       width: int | None, seed: int, epochs: int) -> torch.nn.Module:
+    """The reference's final model, built from its checkout and loaded from the checkpoint its run saved."""
     with reference_on_path(ref_path):
         install_shims(ShimOptions(model_name, dim, classes, width=width))
-        model_module = importlib.import_module("model")
         if model_name == "basnet":
-            ref, name = model_module.BaS_Net(dim, len(classes), 750), f"BaS_Net_model_seed_{seed}.pkl"
+            ref = importlib.import_module("model").BaS_Net(dim, len(classes), 750)
+            checkpoint = ref_run / "models" / f"BaS_Net_model_seed_{seed}.pkl"
+        elif model_name == "wum":
+            ref = importlib.import_module("model").Model(dim, len(classes), 9, 4)
+            checkpoint = ref_run / "models" / f"model_seed_{seed}.pkl"
+        elif model_name == "mmsd":
+            args = _wtalc_args("train_options", ref_run, dim // 2, len(classes), [])
+            ref = importlib.import_module("model.main_branch").WSTAL(args)
+            checkpoint = ref_run / "ckpt" / WTALC_NAME / str(seed) / f"{epochs}.pkl"
         else:
-            ref, name = model_module.Model(dim, len(classes), 9, 4), f"model_seed_{seed}.pkl"
-        ref.load_state_dict(torch.load(ref_run / "models" / name, map_location="cpu"))
-    wtal = wtal_model(model_name, dim, len(classes), hidden_dim=width or 2048)
+            args = issf_parser(ref_path).parse_args(["--input-feat", str(dim), "--output-feat", str(dim),
+                                                     "--class-num", str(len(classes))])
+            ref = importlib.import_module("arch.model").ISSF(args)
+            checkpoint = ref_run / "ckpt" / WTALC_NAME / f"seed{seed}" / f"{epochs}.pkl"
+        ref.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+    return ref
+
+
+def reference_weights_in_wtal_run(model_name: str, ref_path: Path, ref_run: Path, wtal_run: Path, target: Path,
+                                  dim: int, classes: list[str], width: int | None, seed: int,
+                                  epochs: int = 40) -> Path:
+    """A copy of ``wtal_run`` whose checkpoint holds the reference's trained weights (its final model, saved by
+    its run in ``ref_run``), ported into wtal's model with the step comparison's name map (BaS-Net, WUM, MMSD,
+    ISSF; ISSF's memory, which its test does not read, stays empty)."""
+    ref = _trained_reference(model_name, ref_path, ref_run, dim, classes, width, seed, epochs)
+    params = {"hidden_dim": width or 2048} if model_name in ("basnet", "wum") else {}
+    wtal = wtal_model(model_name, dim, len(classes), **params)
     port_weights(model_name, [ref], wtal)
     if target.exists():
         shutil.rmtree(target)
@@ -1180,8 +1203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--mode", choices=["steps", "end2end", "both", "cross"], default="both",
-                   help="cross (BaS-Net, WUM; after end2end with the same --tag): the reference's trained weights "
-                        "tested by wtal's test recipe on whole videos")
+                   help="cross (BaS-Net, WUM, MMSD, ISSF; after end2end with the same --tag and --epochs): the "
+                        "reference's trained weights tested by wtal's test recipe on whole videos")
     p.add_argument("--width", choices=["input", "reference"], default="input",
                    help="BaS-Net/WUM hidden width: the input width (wtal's default) or the reference's 2048")
     p.add_argument("--reduction", choices=["sum", "mean"], default="sum",
@@ -1262,15 +1285,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {sched.epochs} epochs, batch {sched.batch}, lr {sched.lr:.3g} | {mean_std(ref_avg)} | "
               f"{mean_std(wt_avg)} | {statistics.mean(ref_t):.1f} | {statistics.mean(wt_t):.1f} |")
     if a.mode == "cross":
-        if a.model not in ("basnet", "wum"):
-            p.error("--mode cross: BaS-Net and WUM only")
+        if a.model not in CROSS_MODELS:
+            p.error(f"--mode cross: one of {', '.join(CROSS_MODELS)}")
         rows = {}
         for seed in seeds:
             runs = out / "runs"
             target = reference_weights_in_wtal_run(a.model, ref_path, runs / f"{a.model}_ref{a.tag}_seed{seed}",
                                                    runs / f"{a.model}_wtal{a.tag}_seed{seed}",
                                                    runs / f"{a.model}_cross{a.tag}_seed{seed}", dim, classes, width,
-                                                   seed)
+                                                   seed, a.epochs)
             rows[seed] = evaluate_json(cross_test(target), wtalc_root)
             print(f"seed {seed}: reference weights, wtal test AVG {rows[seed]['avg']:.1f}", flush=True)
         report["cross"] = rows

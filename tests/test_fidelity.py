@@ -194,27 +194,48 @@ def test_same_start_same_steps_agree_with_the_reference(tmp_path, tiny_set, mode
         assert summary["max_rel_loss"] < 1e-5, summary
 
 
-def test_cross_mode_runs_the_reference_weights_through_wtals_prediction(tmp_path, tiny_set):
-    """``--mode cross``: a copy of a finished wtal WUM run whose checkpoint holds the reference model's weights;
-    ``wtal predict`` on it scores videos with exactly the reference's parameters (through the name map) and
-    differs from the wtal run's own predictions."""
-    ref_path = _reference("wum")
+def _saved_reference_model(model: str, ref_path: Path, run: Path, dim: int, classes: list[str]) -> torch.nn.Module:
+    """A reference model with seeded random weights, saved where the reference's own training script saves its
+    epoch-1 model (seed 0): WUM ``models/model_seed_0.pkl``, MMSD ``ckpt/Thumos14reduced/<model id>/1.pkl``, ISSF
+    ``ckpt/Thumos14reduced/<log dir>/1.pkl``."""
+    with fidelity.reference_on_path(ref_path):
+        fidelity.install_shims(fidelity.ShimOptions(model, dim, classes, width=dim))
+        torch.manual_seed(7)
+        if model == "wum":
+            ref, path = importlib.import_module("model").Model(dim, len(classes), 9, 4), "models/model_seed_0.pkl"
+        elif model == "mmsd":
+            parser = importlib.import_module("train_options").parser
+            args = parser.parse_args(["--inp-feat-num", str(dim // 2), "--out-feat-num", str(dim // 2),
+                                      "--class-num", str(len(classes))])
+            ref, path = importlib.import_module("model.main_branch").WSTAL(args), "ckpt/Thumos14reduced/0/1.pkl"
+        else:
+            args = fidelity.issf_parser(ref_path).parse_args(["--input-feat", str(dim), "--output-feat", str(dim),
+                                                              "--class-num", str(len(classes))])
+            ref, path = importlib.import_module("arch.model").ISSF(args), "ckpt/Thumos14reduced/seed0/1.pkl"
+    (run / path).parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), run / path)
+    return ref
+
+
+@pytest.mark.parametrize("model", ["wum", "mmsd", "issf"])
+def test_cross_mode_runs_the_reference_weights_through_wtals_prediction(tmp_path, tiny_set, model):
+    """``--mode cross``: a copy of a finished wtal run whose checkpoint holds the reference model's weights (read
+    from where its training script saves them); ``wtal predict`` on it scores videos with exactly the reference's
+    parameters (through the name map) and differs from the wtal run's own predictions."""
+    ref_path = _reference(model)
     annotations, features, layout = tiny_set
+    classes = list(annotations.classes)
     data = fidelity.export_wtalc(tmp_path / "data", annotations, features)
-    run = tmp_path / "runs" / "wum_wtal_seed0"
-    assert wtal_main(["train", "--config", "wum", "--data", str(data), "--out", str(run), "--epochs", "1",
+    run = tmp_path / "runs" / f"{model}_wtal_seed0"
+    assert wtal_main(["train", "--config", model, "--data", str(data), "--out", str(run), "--epochs", "1",
                       "--set", "train.progress=false", "--set", "data.val_fraction=0", "--set",
                       "train.select=last"]) == 0
-    with fidelity.reference_on_path(ref_path):
-        fidelity.install_shims(fidelity.ShimOptions("wum", layout.dim, list(annotations.classes), width=layout.dim))
-        torch.manual_seed(7)
-        ref = importlib.import_module("model").Model(layout.dim, len(annotations.classes), 9, 4)
-    (tmp_path / "ref" / "models").mkdir(parents=True)
-    torch.save(ref.state_dict(), tmp_path / "ref" / "models" / "model_seed_0.pkl")
-    target = fidelity.reference_weights_in_wtal_run("wum", ref_path, tmp_path / "ref", run, tmp_path / "cross",
-                                                    layout.dim, list(annotations.classes), layout.dim, 0)
-    ported = fidelity.wtal_model("wum", layout.dim, len(annotations.classes), hidden_dim=layout.dim)
-    fidelity.port_weights("wum", [ref], ported)
+    ref = _saved_reference_model(model, ref_path, tmp_path / "ref", layout.dim, classes)
+    target = fidelity.reference_weights_in_wtal_run(model, ref_path, tmp_path / "ref", run, tmp_path / "cross",
+                                                    layout.dim, classes, layout.dim, 0, epochs=1)
+    params = {"hidden_dim": layout.dim} if model == "wum" else {}
+    ported = fidelity.wtal_model(model, layout.dim, len(classes), **params)
+    fidelity.port_weights(model, [ref], ported)
     loaded = load_run(target).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in ported.state_dict().items())
     cross = json.loads(fidelity.cross_test(target).read_text())["results"]
