@@ -1121,14 +1121,24 @@ def end2end_wtal(model_name: str, wtalc_root: Path, run: Path, epochs: int, seed
     return run / "predictions" / "test.json", wall, cpu, train_seconds
 
 
-CROSS_MODELS = ("basnet", "wum", "mmsd", "issf")
+CROSS_MODELS = ("facnet", "basnet", "wum", "mmsd", "issf")
 
 
 def _trained_reference(model_name: str, ref_path: Path, ref_run: Path, dim: int, classes: list[str],
-                       width: int | None, seed: int, epochs: int) -> torch.nn.Module:
-    """The reference's final model, built from its checkout and loaded from the checkpoint its run saved."""
+                       width: int | None, seed: int, epochs: int) -> list[torch.nn.Module]:
+    """The reference's final model(s) (FAC-Net: its RGB and flow models), built from its checkout and loaded from
+    the checkpoints its run saved."""
     with reference_on_path(ref_path):
         install_shims(ShimOptions(model_name, dim, classes, width=width))
+        if model_name == "facnet":  # run types 0 and 1 saved as model ids 1 and 2
+            models = []
+            for run_type in (0, 1):
+                args = _wtalc_args("train_options", ref_run, dim // 2, len(classes), ["--run-type", str(run_type)])
+                model = importlib.import_module("model.main_branch").WSTAL(args)
+                model.load_state_dict(torch.load(ref_run / "ckpt" / WTALC_NAME / str(run_type + 1) / f"{epochs}.pkl",
+                                                 map_location="cpu"))
+                models.append(model)
+            return models
         if model_name == "basnet":
             ref = importlib.import_module("model").BaS_Net(dim, len(classes), 750)
             checkpoint = ref_run / "models" / f"BaS_Net_model_seed_{seed}.pkl"
@@ -1145,19 +1155,19 @@ def _trained_reference(model_name: str, ref_path: Path, ref_run: Path, dim: int,
             ref = importlib.import_module("arch.model").ISSF(args)
             checkpoint = ref_run / "ckpt" / WTALC_NAME / f"seed{seed}" / f"{epochs}.pkl"
         ref.load_state_dict(torch.load(checkpoint, map_location="cpu"))
-    return ref
+    return [ref]
 
 
 def reference_weights_in_wtal_run(model_name: str, ref_path: Path, ref_run: Path, wtal_run: Path, target: Path,
                                   dim: int, classes: list[str], width: int | None, seed: int,
                                   epochs: int = 40) -> Path:
     """A copy of ``wtal_run`` whose checkpoint holds the reference's trained weights (its final model, saved by
-    its run in ``ref_run``), ported into wtal's model with the step comparison's name map (BaS-Net, WUM, MMSD,
-    ISSF; ISSF's memory, which its test does not read, stays empty)."""
-    ref = _trained_reference(model_name, ref_path, ref_run, dim, classes, width, seed, epochs)
+    its run in ``ref_run``), ported into wtal's model with the step comparison's name map (FAC-Net: its two
+    single-stream models as wtal's two streams; ISSF's memory, which its test does not read, stays empty)."""
+    refs = _trained_reference(model_name, ref_path, ref_run, dim, classes, width, seed, epochs)
     params = {"hidden_dim": width or 2048} if model_name in ("basnet", "wum") else {}
     wtal = wtal_model(model_name, dim, len(classes), **params)
-    port_weights(model_name, [ref], wtal)
+    port_weights(model_name, refs, wtal)
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(wtal_run, target, ignore=shutil.ignore_patterns("predictions", "*.lock"))
@@ -1203,8 +1213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--mode", choices=["steps", "end2end", "both", "cross"], default="both",
-                   help="cross (BaS-Net, WUM, MMSD, ISSF; after end2end with the same --tag and --epochs): the "
-                        "reference's trained weights tested by wtal's test recipe on whole videos")
+                   help="cross (not RSKP; after end2end with the same --tag and --epochs): the reference's trained "
+                        "weights tested by wtal's test recipe on whole videos")
     p.add_argument("--width", choices=["input", "reference"], default="input",
                    help="BaS-Net/WUM hidden width: the input width (wtal's default) or the reference's 2048")
     p.add_argument("--reduction", choices=["sum", "mean"], default="sum",

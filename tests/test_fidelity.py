@@ -194,13 +194,24 @@ def test_same_start_same_steps_agree_with_the_reference(tmp_path, tiny_set, mode
         assert summary["max_rel_loss"] < 1e-5, summary
 
 
-def _saved_reference_model(model: str, ref_path: Path, run: Path, dim: int, classes: list[str]) -> torch.nn.Module:
-    """A reference model with seeded random weights, saved where the reference's own training script saves its
-    epoch-1 model (seed 0): WUM ``models/model_seed_0.pkl``, MMSD ``ckpt/Thumos14reduced/<model id>/1.pkl``, ISSF
+def _saved_reference_models(model: str, ref_path: Path, run: Path, dim: int,
+                            classes: list[str]) -> list[torch.nn.Module]:
+    """Reference models with seeded random weights, saved where the reference's own training script saves its
+    epoch-1 model (seed 0): FAC-Net ``ckpt/Thumos14reduced/{1,2}/1.pkl`` (RGB, flow), WUM
+    ``models/model_seed_0.pkl``, MMSD ``ckpt/Thumos14reduced/<model id>/1.pkl``, ISSF
     ``ckpt/Thumos14reduced/<log dir>/1.pkl``."""
     with fidelity.reference_on_path(ref_path):
         fidelity.install_shims(fidelity.ShimOptions(model, dim, classes, width=dim))
         torch.manual_seed(7)
+        if model == "facnet":
+            parser = importlib.import_module("train_options").parser
+            args = parser.parse_args(["--inp-feat-num", str(dim // 2), "--out-feat-num", str(dim // 2),
+                                      "--class-num", str(len(classes))])
+            refs = [importlib.import_module("model.main_branch").WSTAL(args) for _ in range(2)]
+            for i, ref in enumerate(refs, start=1):
+                (run / f"ckpt/Thumos14reduced/{i}").mkdir(parents=True)
+                torch.save(ref.state_dict(), run / f"ckpt/Thumos14reduced/{i}/1.pkl")
+            return refs
         if model == "wum":
             ref, path = importlib.import_module("model").Model(dim, len(classes), 9, 4), "models/model_seed_0.pkl"
         elif model == "mmsd":
@@ -214,10 +225,10 @@ def _saved_reference_model(model: str, ref_path: Path, run: Path, dim: int, clas
             ref, path = importlib.import_module("arch.model").ISSF(args), "ckpt/Thumos14reduced/seed0/1.pkl"
     (run / path).parent.mkdir(parents=True)
     torch.save(ref.state_dict(), run / path)
-    return ref
+    return [ref]
 
 
-@pytest.mark.parametrize("model", ["wum", "mmsd", "issf"])
+@pytest.mark.parametrize("model", ["facnet", "wum", "mmsd", "issf"])
 def test_cross_mode_runs_the_reference_weights_through_wtals_prediction(tmp_path, tiny_set, model):
     """``--mode cross``: a copy of a finished wtal run whose checkpoint holds the reference model's weights (read
     from where its training script saves them); ``wtal predict`` on it scores videos with exactly the reference's
@@ -230,12 +241,12 @@ def test_cross_mode_runs_the_reference_weights_through_wtals_prediction(tmp_path
     assert wtal_main(["train", "--config", model, "--data", str(data), "--out", str(run), "--epochs", "1",
                       "--set", "train.progress=false", "--set", "data.val_fraction=0", "--set",
                       "train.select=last"]) == 0
-    ref = _saved_reference_model(model, ref_path, tmp_path / "ref", layout.dim, classes)
+    refs = _saved_reference_models(model, ref_path, tmp_path / "ref", layout.dim, classes)
     target = fidelity.reference_weights_in_wtal_run(model, ref_path, tmp_path / "ref", run, tmp_path / "cross",
                                                     layout.dim, classes, layout.dim, 0, epochs=1)
     params = {"hidden_dim": layout.dim} if model == "wum" else {}
     ported = fidelity.wtal_model(model, layout.dim, len(classes), **params)
-    fidelity.port_weights(model, [ref], ported)
+    fidelity.port_weights(model, refs, ported)
     loaded = load_run(target).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in ported.state_dict().items())
     cross = json.loads(fidelity.cross_test(target).read_text())["results"]
