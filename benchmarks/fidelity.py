@@ -28,12 +28,14 @@ from outside, in :func:`install_shims` (no file of the checkout is edited):
   fifth ``None`` is appended; the value is used nowhere); ``train_Processor``'s import of ``AttLoss``, defined
   nowhere and never used, is satisfied by a placeholder; its forward's split of the joint features at column 1024
   is mapped to the middle column; options with a float default and no ``type=`` are typed ``float``;
+  ``--iter_list`` / ``--changeLR_list`` (list defaults, one int on the command line) take lists;
 * ISSF: its source files have no ``.py`` extension (an import hook loads them); ``thop``, imported by its
   evaluation for a FLOP count, is stubbed; its options, built inside ``core/main``'s ``if __name__ ==
   '__main__'`` block, are read by running only that block's ``add_argument`` statements; and, unless
   ``--published-memory-index``, its training loop's ``np.where(labels == 1)[0]`` on the ``(1, C)`` label batch
   is taken over the one row, so the memory is read and updated by the video's classes (as published it gives
-  row indices: every video reads and updates class 0's memory; wtal uses the classes, as for RSKP);
+  row indices: every video reads and updates class 0's memory; wtal uses the classes, as for RSKP); end to end,
+  its hard-coded momentum epoch 85 is set to the schedule's (``momentum_epoch`` of ``wtal train --epochs N``);
 * optional, end to end, ``--reference-l2-eps EPS`` (FAC-Net, MMSD): ``EPS`` added to the norm in their L2
   normalisation, which has none as published (on 128-d streams an embedding that is all zero after ReLU and
   dropout makes the loss NaN for the rest of the run; wtal adds 1e-9);
@@ -43,7 +45,7 @@ from outside, in :func:`install_shims` (no file of the checkout is edited):
   are built as wide as the input, as wtal's ``hidden_dim: null`` does (the 2048-wide BaS-Net costs about 35x
   more on 256-d data: ~7 CPU-hours per run). ``--width reference`` keeps 2048 on both sides.
 
-Two comparisons (``--mode``):
+Three comparisons (``--mode``):
 
 1. ``steps`` -- same start, same steps: the reference model is built from the checkout, its initial weights are
    copied into the wtal model with a hand-written name map, and both are trained on the same videos in the same
@@ -58,12 +60,16 @@ Two comparisons (``--mode``):
    index 1 as published, and wtal runs with ``wrap_first_predecessor: true`` (the reference's index -1).
 2. ``end2end`` -- same schedule, end to end: the reference training script runs unmodified apart from the shims,
    on the short schedule that ``wtal train --epochs N`` derives from the wtal config (batch size, learning rate,
-   warm-up epoch), and ``wtal train`` runs the same schedule and seed on all training videos with the final
-   checkpoint (``data.val_fraction=0``, ``train.select=last``: the reference has no validation split). Both
-   prediction sets are scored by ``wtal eval`` (official ActivityNet mAP, tIoU 0.1:0.7). The reference's
-   detections are its own post-processing's output: BaS-Net/WUM write an ActivityNet result file; RSKP/FAC-Net
+   warm-up epoch, MMSD's label epochs and lr milestones, ISSF's momentum epoch), tested once after the last
+   epoch, and ``wtal train`` runs the same schedule and seed on all training videos with the final checkpoint
+   (``data.val_fraction=0``, ``train.select=last``: the reference has no validation split). Both prediction
+   sets are scored by ``wtal eval`` (official ActivityNet mAP, tIoU 0.1:0.7). The reference's detections are
+   its own post-processing's output: BaS-Net/WUM write an ActivityNet result file; RSKP, FAC-Net, MMSD and ISSF
    only print their W-TALC mAP, so a hook records the detections their evaluation computes (before their
    Ambiguous-segment filter, which the ActivityNet evaluator does not have).
+3. ``cross`` (after ``end2end`` with the same ``--tag``; not RSKP): the reference's final model, ported into a
+   copy of the wtal run of the same seed, is tested by ``wtal predict`` with wtal's test recipe on whole videos,
+   which separates the two sides' training from their test recipes.
 
 The data is the project's synthetic set (``--data``: a ``wtal synth`` folder, else generated with
 ``--dim 256 --seed 0``) written in each reference's own input layout under ``OUT/data``: a W-TALC bundle named
