@@ -358,8 +358,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="rescale every config to N epochs (default: as is)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--tables", default="main", help=f"comma-separated among {', '.join(TABLES)}")
-    p.add_argument("--reuse", action="append", default=[], metavar="VARIANT=PATTERN",
-                   help="existing runs of a variant, e.g. rskp=/runs/rskp_s{seed} (checked against the recipe)")
+    shared.add_reuse_argument(p)
     p.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per run")
     p.add_argument("--nice", type=int, default=10, help="niceness of the training processes")
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,

@@ -297,6 +297,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every run (after the variant's own)")
+    add_reuse_argument(p)
+
+
+def add_reuse_argument(p: argparse.ArgumentParser) -> None:
+    """``--reuse VARIANT=PATTERN`` (repeatable), read by :func:`parse_reuse`."""
     p.add_argument("--reuse", action="append", default=[], metavar="VARIANT=PATTERN",
                    help="finished runs of a variant, e.g. rskp=/runs/rskp_s{seed}, used instead of training it "
                         "(each checked against the variant's recipe)")

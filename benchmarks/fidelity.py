@@ -1134,27 +1134,25 @@ def _trained_reference(model_name: str, ref_path: Path, ref_run: Path, dim: int,
                        width: int | None, seed: int, epochs: int) -> list[torch.nn.Module]:
     """The reference's final model(s) (FAC-Net: its RGB and flow models), built from its checkout and loaded from
     the checkpoints its run saved."""
+    def wstal(model_id: int, extra: list[str]) -> torch.nn.Module:  # FAC-Net's and MMSD's model, one stream width
+        model = importlib.import_module("model.main_branch").WSTAL(
+            _wtalc_args("train_options", ref_run, dim // 2, len(classes), extra))
+        model.load_state_dict(torch.load(ref_run / "ckpt" / WTALC_NAME / str(model_id) / f"{epochs}.pkl",
+                                         map_location="cpu"))
+        return model
+
     with reference_on_path(ref_path):
         install_shims(ShimOptions(model_name, dim, classes, width=width))
         if model_name == "facnet":  # run types 0 and 1 saved as model ids 1 and 2
-            models = []
-            for run_type in (0, 1):
-                args = _wtalc_args("train_options", ref_run, dim // 2, len(classes), ["--run-type", str(run_type)])
-                model = importlib.import_module("model.main_branch").WSTAL(args)
-                model.load_state_dict(torch.load(ref_run / "ckpt" / WTALC_NAME / str(run_type + 1) / f"{epochs}.pkl",
-                                                 map_location="cpu"))
-                models.append(model)
-            return models
+            return [wstal(run_type + 1, ["--run-type", str(run_type)]) for run_type in (0, 1)]
+        if model_name == "mmsd":  # saved under its model id, the seed
+            return [wstal(seed, [])]
         if model_name == "basnet":
             ref = importlib.import_module("model").BaS_Net(dim, len(classes), 750)
             checkpoint = ref_run / "models" / f"BaS_Net_model_seed_{seed}.pkl"
         elif model_name == "wum":
             ref = importlib.import_module("model").Model(dim, len(classes), 9, 4)
             checkpoint = ref_run / "models" / f"model_seed_{seed}.pkl"
-        elif model_name == "mmsd":
-            args = _wtalc_args("train_options", ref_run, dim // 2, len(classes), [])
-            ref = importlib.import_module("model.main_branch").WSTAL(args)
-            checkpoint = ref_run / "ckpt" / WTALC_NAME / str(seed) / f"{epochs}.pkl"
         else:
             args = issf_parser(ref_path).parse_args(["--input-feat", str(dim), "--output-feat", str(dim),
                                                      "--class-num", str(len(classes))])
